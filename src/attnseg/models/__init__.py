@@ -1,0 +1,38 @@
+"""Segmentation models. Every builder is a plain function listed in `MODEL_BUILDERS`; `create_model` calls it.
+
+Model files import only torch and `attnseg.models`; nothing here reads configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from attnseg.models.outputs import SegmentationOutput
+
+# name -> builder(num_classes=..., **kwargs). Filled by the model families below.
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, sorted."""
+    return sorted(MODEL_BUILDERS)
+
+
+def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
+    """Build a registered model by name.
+
+    Args:
+        name: one of `list_models()`, e.g. ``"mscale_ocr_hrnet_w48"`` or ``"psanet_r50_vd"``.
+        num_classes: number of output classes (19 for Cityscapes trainIds).
+        **kwargs: keyword arguments of that model's builder (e.g. ``eval_scales`` for MscaleOCR).
+    """
+    try:
+        builder = MODEL_BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+    return builder(num_classes=num_classes, **kwargs)
+
+
+__all__ = ["MODEL_BUILDERS", "SegmentationOutput", "create_model", "list_models"]
