@@ -36,3 +36,8 @@ def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
 
 
 __all__ = ["MODEL_BUILDERS", "SegmentationOutput", "create_model", "list_models"]
+
+# HRNet + OCR family (single-scale and hierarchical multi-scale attention).
+from attnseg.models.mscale.model import MSCALE_MODEL_BUILDERS  # noqa: E402
+
+MODEL_BUILDERS.update(MSCALE_MODEL_BUILDERS)

@@ -1,0 +1,1 @@
+"""Backbones of attnseg's segmentation models."""

@@ -1,0 +1,1 @@
+"""Heads of attnseg's segmentation models."""

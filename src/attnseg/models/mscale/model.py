@@ -1,0 +1,296 @@
+"""HRNet + OCR segmentation models, single-scale (`OCRNet`) and with hierarchical multi-scale attention
+(`MscaleOCR`, NVIDIA's `ocrnet.HRNet_Mscale`), their builders, and the NVIDIA checkpoint converter.
+
+The state-dict layout equals NVIDIA/semantic-segmentation's (`backbone.*`, `ocr.*`, `scale_attn.*`), so an NVIDIA
+`.pth` loads with `strict=True` after `convert_nvidia_state_dict` (which only strips `module.`).
+
+Forward contract (`SegmentationOutput`):
+
+- `MscaleOCR` in training mode: two-scale forward (low scale, then 1.0). `logits`/`aux_logits` are the joint
+  (attention-combined) maps at the input size; `scale_logits = {low: p_low (low-scale size), 1.0: p_1x}`,
+  `scale_attention = {low: a_low}`. The reference's supervised multi-scale loss upsamples `p_low` bilinearly
+  (align_corners=False) to the label size first; the criterion does that resize.
+- `MscaleOCR` in eval mode: hierarchical fusion over `eval_scales` (a settable attribute); per-scale logits (if
+  `keep_scale_outputs`) and the attention maps that took part, each at its scale's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnseg.models.backbones.hrnet import HRNet, concat_branches, hrnet
+from attnseg.models.heads.ocr import OCRHead
+from attnseg.models.mscale.fusion import FusedOutputs, ScaleOutputs, hierarchical_fusion, two_scale_fusion
+from attnseg.models.outputs import SegmentationOutput
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class ScaleAttentionHead(nn.Module):
+    """Per-pixel attention in (0, 1) from the OCR features: 3x3 conv-BN-ReLU (x2), 1x1 conv, sigmoid.
+
+    Args:
+        in_channels: OCR feature channels (512 in the reference).
+        bottleneck_channels: hidden channels (``SEGATTN_BOT_CH`` = 256).
+        inner_3x3: include the second 3x3 conv (``MSCALE_INNER_3x3``, on in the released models).
+        norm_layer: normalisation constructor taking the channel count.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int = 256,
+        inner_3x3: bool = True,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        self.conv0 = nn.Conv2d(in_channels, bottleneck_channels, 3, padding=1, bias=False)
+        self.bn0 = norm_layer(bottleneck_channels)
+        self.conv1: nn.Module | None = None
+        self.bn1: nn.Module | None = None
+        if inner_3x3:
+            self.conv1 = nn.Conv2d(bottleneck_channels, bottleneck_channels, 3, padding=1, bias=False)
+            self.bn1 = norm_layer(bottleneck_channels)
+        self.conv2 = nn.Conv2d(bottleneck_channels, 1, 1, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.conv0(features)))
+        if self.conv1 is not None:
+            x = torch.relu(self.bn1(self.conv1(x)))
+        return torch.sigmoid(self.conv2(x))
+
+
+class OCRNet(nn.Module):
+    """HRNet + OCR at a single scale.
+
+    Args:
+        backbone: an HRNet (its `concat_channels` must equal the OCR head's input channels).
+        ocr: the OCR head.
+    """
+
+    def __init__(self, backbone: HRNet, ocr: OCRHead):
+        super().__init__()
+        self.backbone = backbone
+        self.ocr = ocr
+
+    def forward(self, images: torch.Tensor) -> SegmentationOutput:
+        logits, aux_logits, _ = self.ocr(concat_branches(self.backbone(images)))
+        size = images.shape[-2:]
+        return SegmentationOutput(logits=_upsample(logits, size), aux_logits=_upsample(aux_logits, size))
+
+
+class MscaleOCR(nn.Module):
+    """HRNet + OCR with hierarchical multi-scale attention (Tao et al., arXiv 2005.10821).
+
+    Args:
+        backbone: an HRNet.
+        ocr: the OCR head on the backbone's concatenated representation.
+        scale_attn: attention head on the OCR features.
+        eval_scales: scales fused in eval mode; must contain 1.0. ``(1.0,)`` gives the plain single-scale forward.
+        train_scales: ``(low, 1.0)`` for the reference's two-scale training, or ``(1.0,)`` for single scale.
+        keep_scale_outputs: in eval mode, also return every scale's logits (costs memory at large scales).
+    """
+
+    def __init__(
+        self,
+        backbone: HRNet,
+        ocr: OCRHead,
+        scale_attn: ScaleAttentionHead,
+        eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
+        train_scales: Sequence[float] = (0.5, 1.0),
+        keep_scale_outputs: bool = True,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.ocr = ocr
+        self.scale_attn = scale_attn
+        self.eval_scales = tuple(float(s) for s in eval_scales)
+        train = sorted(float(s) for s in train_scales)
+        if train != [1.0] and not (len(train) == 2 and train[1] == 1.0 and 0.0 < train[0] < 1.0):
+            raise ValueError(f"train_scales must be (low, 1.0) with 0 < low < 1, or (1.0,); got {tuple(train_scales)}")
+        self.train_scales = tuple(train)
+        self.keep_scale_outputs = keep_scale_outputs
+
+    def forward_single_scale(self, images: torch.Tensor) -> ScaleOutputs:
+        """The network at one scale (the reference's `_fwd`): logits, aux logits and attention, all upsampled
+        bilinearly to the size of `images`."""
+        logits, aux_logits, ocr_features = self.ocr(concat_branches(self.backbone(images)))
+        attention = self.scale_attn(ocr_features)
+        size = images.shape[-2:]
+        return ScaleOutputs(_upsample(logits, size), _upsample(aux_logits, size), _upsample(attention, size))
+
+    def forward(self, images: torch.Tensor) -> SegmentationOutput:
+        if self.training:
+            fused = self._forward_train(images)
+        else:
+            fused = hierarchical_fusion(
+                self.forward_single_scale, images, self.eval_scales, keep_scale_outputs=self.keep_scale_outputs
+            )
+        return SegmentationOutput(fused.logits, fused.aux_logits, fused.scale_logits, fused.scale_attention)
+
+    def _forward_train(self, images: torch.Tensor) -> FusedOutputs:
+        if self.train_scales == (1.0,):
+            logits, aux_logits, attention = self.forward_single_scale(images)
+            # The attention multiplies nothing at a single scale; adding 0 * attention keeps its parameters in the
+            # graph so DistributedDataParallel does not report them unused.
+            logits = logits + 0.0 * attention
+            return FusedOutputs(logits, aux_logits, {1.0: logits}, {})
+        return two_scale_fusion(self.forward_single_scale, images, low_scale=self.train_scales[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------------------------
+def _mscale_ocr(
+    variant: str,
+    num_classes: int,
+    eval_scales: Sequence[float],
+    train_scales: Sequence[float],
+    ocr_mid_channels: int,
+    ocr_key_channels: int,
+    attention_channels: int,
+    norm_layer: NormLayer,
+) -> MscaleOCR:
+    backbone = hrnet(variant, norm_layer=norm_layer)
+    ocr = OCRHead(backbone.concat_channels, num_classes, ocr_mid_channels, ocr_key_channels, norm_layer=norm_layer)
+    scale_attn = ScaleAttentionHead(ocr_mid_channels, attention_channels, norm_layer=norm_layer)
+    return MscaleOCR(backbone, ocr, scale_attn, eval_scales=eval_scales, train_scales=train_scales)
+
+
+def mscale_ocr_hrnet_w48(
+    *,
+    num_classes: int = 19,
+    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
+    train_scales: Sequence[float] = (0.5, 1.0),
+    ocr_mid_channels: int = 512,
+    ocr_key_channels: int = 256,
+    attention_channels: int = 256,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> MscaleOCR:
+    """MscaleOCR with HRNetV2-W48: the architecture of NVIDIA's released Cityscapes/Mapillary checkpoints."""
+    return _mscale_ocr(
+        "w48", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
+        norm_layer,
+    )  # fmt: skip
+
+
+def mscale_ocr_hrnet_w32(
+    *,
+    num_classes: int = 19,
+    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
+    train_scales: Sequence[float] = (0.5, 1.0),
+    ocr_mid_channels: int = 512,
+    ocr_key_channels: int = 256,
+    attention_channels: int = 256,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> MscaleOCR:
+    """MscaleOCR with HRNetV2-W32."""
+    return _mscale_ocr(
+        "w32", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
+        norm_layer,
+    )  # fmt: skip
+
+
+def mscale_ocr_hrnet_w18(
+    *,
+    num_classes: int = 19,
+    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
+    train_scales: Sequence[float] = (0.5, 1.0),
+    ocr_mid_channels: int = 512,
+    ocr_key_channels: int = 256,
+    attention_channels: int = 256,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> MscaleOCR:
+    """MscaleOCR with HRNetV2-W18."""
+    return _mscale_ocr(
+        "w18", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
+        norm_layer,
+    )  # fmt: skip
+
+
+def mscale_ocr_hrnet_w18_small(
+    *,
+    num_classes: int = 19,
+    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
+    train_scales: Sequence[float] = (0.5, 1.0),
+    ocr_mid_channels: int = 256,
+    ocr_key_channels: int = 128,
+    attention_channels: int = 128,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> MscaleOCR:
+    """MscaleOCR with HRNetV2-W18-Small-v2 and narrower OCR/attention heads: small enough for CPU demos/tests."""
+    return _mscale_ocr(
+        "w18_small", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
+        norm_layer,
+    )  # fmt: skip
+
+
+def _ocrnet(variant: str, num_classes: int, ocr_mid_channels: int, ocr_key_channels: int, norm_layer: NormLayer):
+    backbone = hrnet(variant, norm_layer=norm_layer)
+    ocr = OCRHead(backbone.concat_channels, num_classes, ocr_mid_channels, ocr_key_channels, norm_layer=norm_layer)
+    return OCRNet(backbone, ocr)
+
+
+def ocr_hrnet_w48(
+    *,
+    num_classes: int = 19,
+    ocr_mid_channels: int = 512,
+    ocr_key_channels: int = 256,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> OCRNet:
+    """Single-scale HRNetV2-W48 + OCR (NVIDIA's ``ocrnet.HRNet``; its checkpoints lack `scale_attn.*`)."""
+    return _ocrnet("w48", num_classes, ocr_mid_channels, ocr_key_channels, norm_layer)
+
+
+def ocr_hrnet_w18_small(
+    *,
+    num_classes: int = 19,
+    ocr_mid_channels: int = 256,
+    ocr_key_channels: int = 128,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> OCRNet:
+    """Single-scale HRNetV2-W18-Small-v2 + narrow OCR head: the cheapest model of the family."""
+    return _ocrnet("w18_small", num_classes, ocr_mid_channels, ocr_key_channels, norm_layer)
+
+
+MSCALE_MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mscale_ocr_hrnet_w48": mscale_ocr_hrnet_w48,
+    "mscale_ocr_hrnet_w32": mscale_ocr_hrnet_w32,
+    "mscale_ocr_hrnet_w18": mscale_ocr_hrnet_w18,
+    "mscale_ocr_hrnet_w18_small": mscale_ocr_hrnet_w18_small,
+    "ocr_hrnet_w48": ocr_hrnet_w48,
+    "ocr_hrnet_w18_small": ocr_hrnet_w18_small,
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# NVIDIA checkpoint conversion
+# --------------------------------------------------------------------------------------------------------------
+def convert_nvidia_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """State dict of an NVIDIA/semantic-segmentation checkpoint in our layout (which is theirs minus `module.`).
+
+    Args:
+        checkpoint: the loaded `.pth` (a dict with a ``"state_dict"`` entry, as `train.py` writes it) or a bare
+            state dict, with or without the DataParallel ``module.`` prefix.
+
+    Returns:
+        A new dict that `MscaleOCR`/`OCRNet` of the matching width load with ``strict=True``.
+
+    Raises:
+        ValueError: the mapping holds no tensors (not a checkpoint).
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(state, Mapping):
+        raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(state).__name__}")
+    converted = {key.removeprefix("module."): value for key, value in state.items() if torch.is_tensor(value)}
+    if not converted:
+        raise ValueError("the checkpoint holds no tensors; expected a dict with 'state_dict' or a bare state dict")
+    return converted
