@@ -224,3 +224,27 @@ def test_no_ground_truth_is_an_error(tmp_path):
         cityscapes.evaluate_folder(tmp_path, tmp_path)
     with pytest.raises(DatasetError, match="gtFine/test"):
         cityscapes.evaluate_folder(tmp_path, tmp_path, split="test")
+
+
+def test_cli_score_prints_tables_and_writes_json(dataset, tmp_path, capsys):
+    from attnseg.cli.main import main
+
+    root, pred_dir = dataset
+    out = tmp_path / "out" / "result.json"
+    assert main(["score", "--gt", str(root), "--pred", str(pred_dir), "--json", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert "classes          IoU      nIoU" in printed and "categories       IoU      nIoU" in printed
+    assert f"[EVAL] #Images={len(FRAMES)} mIoU={written['mIoU']:.4f}" in printed
+    assert "[EVAL] Class IoU:" in printed and "[EVAL] Class Acc:" in printed
+    assert written["averageScoreClasses"] == pytest.approx(written["mIoU"], abs=1e-12)
+
+
+def test_cli_score_reports_bad_input_without_traceback(dataset, tmp_path, capsys):
+    from attnseg.cli.main import main
+
+    root, _ = dataset
+    (tmp_path / "empty").mkdir()
+    assert main(["score", "--gt", str(root), "--pred", str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("attnseg score: error: no prediction for") and "Traceback" not in error
