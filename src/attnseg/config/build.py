@@ -1,0 +1,163 @@
+"""Builders that turn config sections into objects: the model, evaluation datasets and loaders.
+
+Only the CLI and the training engine call these; library code takes explicit arguments instead of configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from attnseg.config.schema import DataConfig, ModelConfig
+from attnseg.errors import ConfigError, DatasetError
+from attnseg.inference.preprocess import normalize_image, to_rgb_uint8
+
+
+def build_model(model_cfg: ModelConfig) -> nn.Module:
+    """The configured model, initialised from `model_cfg.pretrained` when set (entries that fit are loaded).
+
+    Raises:
+        ConfigError: unknown model name or builder arguments.
+        WeightsError: the pretrained file cannot be read or nothing in it fits.
+    """
+    from attnseg.models import create_model
+
+    try:
+        model = create_model(model_cfg.name, num_classes=model_cfg.num_classes, **model_cfg.kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"model.name={model_cfg.name!r} with kwargs {model_cfg.kwargs}: {error}") from None
+    if model_cfg.pretrained:
+        from attnseg.weights import load_pretrained
+
+        load_pretrained(model, model_cfg.pretrained, source=model_cfg.pretrained_source)
+    return model
+
+
+class EvalSampleDataset(Dataset):
+    """Wraps a dataset of raw samples (uint8 RGB ``image``, uint8 trainId ``label`` or None, ``name``) into
+    normalised tensors for evaluation. Images keep their size; nothing random happens.
+
+    Args:
+        base: dataset whose items are dicts with ``image``, ``label``, ``name`` (and optionally ``image_path``).
+        mean, std: normalisation on 0-255 RGB values.
+    """
+
+    def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float]):
+        self.base = base
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.base[index]
+        image = to_rgb_uint8(sample["image"])
+        label = sample.get("label")
+        item: dict[str, Any] = {
+            "image": normalize_image(image, self.mean, self.std),
+            "label": None if label is None else torch.from_numpy(np.asarray(label).astype(np.int64)),
+            "name": str(sample["name"]),
+            "image_path": str(sample.get("image_path", "")),
+        }
+        return item
+
+
+def collate_eval_batch(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images (and labels when every item has one); names and paths stay lists.
+
+    Images of different sizes cannot share a batch: use batch size 1 for such datasets.
+    """
+    shapes = {tuple(item["image"].shape) for item in items}
+    if len(shapes) > 1:
+        raise DatasetError(f"images of different sizes {sorted(shapes)} in one evaluation batch; use batch_size 1")
+    labels = [item["label"] for item in items]
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "label": torch.stack(labels) if all(label is not None for label in labels) else None,
+        "name": [item["name"] for item in items],
+        "image_path": [item.get("image_path", "") for item in items],
+    }
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every image exactly once over all processes.
+
+    Unlike `DistributedSampler` nothing is padded, so no image is counted twice in the metrics; shards may differ
+    by one image, which is harmless because evaluation synchronises only once at the end.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def _raw_dataset(data_cfg: DataConfig, split: str) -> Dataset:
+    kind = data_cfg.dataset
+    if kind == "cityscapes":
+        from attnseg.data.cityscapes import CityscapesDataset
+
+        return CityscapesDataset(data_cfg.root, split)
+    if kind == "mapillary":
+        from attnseg.data.mapillary import MapillaryDataset
+
+        return MapillaryDataset(data_cfg.root, split)
+    if kind == "folder":
+        from attnseg.data.folder import FolderDataset
+
+        return FolderDataset(data_cfg.root, split)
+    raise ConfigError(f"data.dataset={kind!r} is not one of cityscapes, mapillary, folder")
+
+
+def build_eval_dataset(data_cfg: DataConfig, split: str | None = None) -> EvalSampleDataset:
+    """The split (default `data_cfg.val_split`) as normalised, full-size evaluation samples.
+
+    Raises:
+        DatasetError: the dataset folder is missing or laid out wrongly (raised by the dataset class).
+    """
+    return EvalSampleDataset(_raw_dataset(data_cfg, split or data_cfg.val_split), data_cfg.mean, data_cfg.std)
+
+
+def build_eval_loader(
+    data_cfg: DataConfig,
+    split: str | None = None,
+    batch_size: int = 1,
+    num_workers: int | None = None,
+    dataset: Dataset | None = None,
+) -> DataLoader:
+    """A deterministic evaluation loader; under torch.distributed each process gets a disjoint shard.
+
+    Args:
+        data_cfg: dataset section (root, mean/std, workers).
+        split: split name, default `data_cfg.val_split`.
+        batch_size: images per batch (images of one batch must share a size).
+        num_workers: loader workers, default `data_cfg.num_workers`.
+        dataset: use this dataset instead of building one (e.g. a prebuilt `EvalSampleDataset`).
+    """
+    dataset = dataset if dataset is not None else build_eval_dataset(data_cfg, split)
+    sampler = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = ShardSampler(len(dataset), torch.distributed.get_rank(), torch.distributed.get_world_size())
+    workers = data_cfg.num_workers if num_workers is None else num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_eval_batch,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
