@@ -41,3 +41,8 @@ __all__ = ["MODEL_BUILDERS", "SegmentationOutput", "create_model", "list_models"
 from attnseg.models.mscale.model import MSCALE_MODEL_BUILDERS  # noqa: E402
 
 MODEL_BUILDERS.update(MSCALE_MODEL_BUILDERS)
+
+# PSANet family (ResNet + point-wise spatial attention).
+from attnseg.models.psanet import PSANET_BUILDERS  # noqa: E402
+
+MODEL_BUILDERS.update(PSANET_BUILDERS)
