@@ -30,7 +30,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset, sampling and augmentation."""
+    """Dataset, sampling and augmentation (see `attnseg.data.transforms` and `attnseg.data.sampling`)."""
 
     dataset: Literal["cityscapes", "mapillary", "folder"] = "cityscapes"
     root: str = "data/cityscapes"
@@ -38,21 +38,38 @@ class DataConfig:
     val_split: str = "val"
     # Extra coarse data mixed into training: none, Cityscapes gtCoarse, or the autolabelled refinement_final set.
     coarse: Literal["none", "coarse", "autolabelled"] = "none"
-    # "equal": every epoch all fine images plus an equal number of coarse ones drawn anew (PaddleSeg CityscapesSOTA);
-    # "all": the coarse images are simply appended to the fine list (NVIDIA).
-    coarse_mix: Literal["equal", "all"] = "equal"
+    # "equal": every epoch all fine images plus `coarse_multiple` times as many coarse ones drawn anew (PaddleSeg
+    # CityscapesSOTA); "all": the coarse images appended to the fine list; "boost": coarse images enter only as
+    # class-uniform crops of `coarse_boost_classes` (NVIDIA sota recipe, needs class_uniform_fraction > 0).
+    coarse_mix: Literal["equal", "all", "boost"] = "equal"
+    coarse_multiple: float = 1.0  # PaddleSeg CityscapesAutolabeling coarse_multiple
+    # Classes whose coarse centroids join the class-uniform pools ("boost"); empty = every class.
+    coarse_boost_classes: tuple[int, ...] = ()
+    # Stop using coarse images from this epoch on (NVIDIA max_cu_epoch); None = never.
+    coarse_max_epoch: int | None = None
     # Fraction of crops centred on a uniformly drawn class (NVIDIA class-uniform sampling); 0 disables it.
     class_uniform_fraction: float = 0.0
-    class_uniform_tile: int = 1024
+    class_uniform_tile: int = 1024  # NVIDIA class_uniform_tile: centroids are computed per tile of this side
+    # Where class centroids are cached (keyed by the dataset's content); "" = <root>/.attnseg_cache.
+    centroid_cache_dir: str = ""
     crop_size: tuple[int, int] = (512, 1024)  # (height, width)
     scale_range: tuple[float, float] = (0.5, 2.0)
+    # 0 = scale drawn uniformly from scale_range; > 0 = one of min, min+step, ..., max (PaddleSeg default 0.25).
+    scale_step: float = 0.0
     # Resize the image so that its longer side equals this before random scaling (0 keeps the size).
     pre_size: int = 0
+    # Image interpolation of the random resize (labels always nearest): NVIDIA bicubic, PaddleSeg bilinear.
+    resize_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     horizontal_flip: bool = True
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 disables
+    hue_jitter: float = 0.0  # hue shift as a fraction of the colour circle (NVIDIA color_aug 0.25; Paddle 63/256)
+    color_jitter_prob: float = 1.0  # per-adjustment probability (PaddleSeg RandomDistort default 0.5)
     gaussian_blur: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Image fill of the crop padding on 0-255 values; None = `mean` (0 after normalisation, as PaddleSeg's 127.5
+    # with mean 0.5 is). NVIDIA pads with black (0, 0, 0).
+    pad_value: tuple[float, float, float] | None = None
     ignore_index: int = 255
     num_workers: int = 2
 
@@ -61,6 +78,13 @@ class DataConfig:
             raise ValueError(f"class_uniform_fraction must be in [0, 1], got {self.class_uniform_fraction}")
         if self.scale_range[0] <= 0 or self.scale_range[0] > self.scale_range[1]:
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range}")
+        if min(self.crop_size) <= 0:
+            raise ValueError(f"crop_size must be positive (height, width), got {self.crop_size}")
+        if not 0.0 <= self.hue_jitter <= 0.5:
+            raise ValueError(f"hue_jitter is a fraction of the colour circle in [0, 0.5], got {self.hue_jitter}")
+        if self.coarse_mix == "boost" and self.coarse != "none" and self.class_uniform_fraction <= 0:
+            raise ValueError("coarse_mix 'boost' adds coarse images only through class-uniform crops; "
+                             "set class_uniform_fraction > 0")
 
 
 @dataclass(frozen=True)
@@ -77,31 +101,36 @@ class LossTermConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run control."""
+    """Optimisation and run control (see `attnseg.engine`)."""
 
     iters: int = 1000
-    batch_size: int = 2  # per process
+    batch_size: int = 2  # per process; the global batch is batch_size x number of processes
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    warmup_iters: int = 0
+    poly_power: float = 0.9  # lr = (lr - end_lr) * (1 - iter / iters) ** poly_power + end_lr
+    end_lr: float = 0.0
+    warmup_iters: int = 0  # linear warm-up from warmup_start_factor * lr; 0 disables
     warmup_start_factor: float = 0.1
+    # fp32; bf16 = autocast bfloat16 (CPU or CUDA); fp16 = autocast float16 + GradScaler (CUDA only).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    grad_clip_norm: float | None = None
-    ema_decay: float | None = None
-    sync_bn: bool = True
+    grad_clip_norm: float | None = None  # clip the global gradient norm; None = no clipping (both references)
+    ema_decay: float | None = None  # EMA of the weights (evaluated and saved instead); None = off
+    sync_bn: bool = True  # SyncBatchNorm when running on several processes
     losses: tuple[LossTermConfig, ...] = (LossTermConfig(output="logits", loss="cross_entropy"),)
-    eval_interval: int = 500
-    save_interval: int = 500
+    eval_interval: int = 500  # iterations between evaluations (0 = only at the end)
+    save_interval: int = 500  # iterations between training-state checkpoints (0 = only at the end)
     log_interval: int = 20
     seed: int = 0
+    # Deterministic algorithms and no cuDNN autotuning: bitwise-repeatable on CPU, slower on GPU.
     deterministic: bool = False
     out_dir: str = "runs/experiment"
 
     def __post_init__(self) -> None:
         if self.iters <= 0 or self.batch_size <= 0:
             raise ValueError("iters and batch_size must be positive")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 @dataclass(frozen=True)

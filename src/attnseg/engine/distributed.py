@@ -1,0 +1,114 @@
+"""Process-group set-up from torchrun's environment, rank helpers, SyncBatchNorm and metric reduction.
+
+Under ``torchrun`` the variables RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT) are set; without them the
+run is a single process and every helper degrades to the trivial answer. The backend is gloo on CPU and nccl
+on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistributedContext:
+    """Joins the process group torchrun describes (if any) and picks this process's device.
+
+    Args:
+        device: "auto" (CUDA when available, one GPU per local rank), "cpu" or "cuda".
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm layers -> SyncBatchNorm when running distributed (a no-op for one process).
+
+    Done at the entry point, not inside layers, so models stay plain. SyncBatchNorm's batch statistics cover the
+    global batch, which is what makes N processes with batch B train like one process with batch N * B.
+    """
+    if not is_distributed():
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def reduce_mean(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Averages scalar metrics over processes (for logging); returns Python floats."""
+    names = list(values)
+    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return dict(zip(names, tensor.cpu().tolist()))
+
+
+def all_gather_objects(value: object) -> list[object]:
+    """Every process's `value`, in rank order (a one-element list for one process)."""
+    if not is_distributed():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def broadcast_object(value: object, src: int = 0) -> object:
+    """`value` from process `src` on every process."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
