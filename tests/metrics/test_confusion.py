@@ -135,6 +135,15 @@ def test_any_integer_dtype_and_2d_or_3d_give_the_same_counts(dtype):
     np.testing.assert_array_equal(whole.confusion, expected)
 
 
+def test_numpy_views_with_negative_strides():
+    pred, target = _random_batch(2)
+    flipped = ConfusionMatrix(7)
+    flipped.update(pred.numpy()[:, :, ::-1], target.numpy()[:, :, ::-1])
+    plain = ConfusionMatrix(7)
+    plain.update(pred, target)
+    np.testing.assert_array_equal(flipped.confusion, plain.confusion)
+
+
 def test_out_of_range_prediction_is_a_miss_and_ignore_inside_range():
     target = torch.tensor([[0, 0, 1, 1, 2, 2]])
     pred = torch.tensor([[0, 255, 1, 1, 7, 2]])

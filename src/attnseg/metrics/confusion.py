@@ -128,6 +128,12 @@ def metrics_from_confusion(
     )
 
 
+def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(values, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(values))  # flipped views have negative strides
+    return torch.as_tensor(values)
+
+
 class ConfusionMatrix:
     """Accumulates a (num_classes x num_classes) confusion matrix on the device of the predictions.
 
@@ -172,8 +178,7 @@ class ConfusionMatrix:
             pred: predicted class ids, (N, H, W) or (H, W), any integer dtype (argmax of the logits).
             target: ground-truth class ids of the same shape; ``ignore_index`` pixels are skipped.
         """
-        pred = torch.as_tensor(pred)
-        target = torch.as_tensor(target)
+        pred, target = _as_tensor(pred), _as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         if pred.ndim not in (2, 3):
