@@ -1,0 +1,151 @@
+"""Write predictions as images: colour maps, overlays, raw trainIds/labelIds, per-scale attention and predictions.
+
+Layout under the output folder (one sub-folder per kind, so that e.g. ``labelIds/`` can be scored directly with
+``attnseg score --pred DIR/labelIds``, which expects exactly one PNG per image)::
+
+    color/<name>.png        prediction in the class palette
+    overlay/<name>.png      prediction blended over the input image
+    trainIds/<name>.png     raw 8-bit trainIds (0..18)
+    labelIds/<name>.png     8-bit Cityscapes labelIds (what the benchmark reads)
+    compare/<name>.png      input | ground truth | prediction side by side (when ground truth exists)
+    scales/<name>_attn_<s>x.png, scales/<name>_pred_<s>x.png   MscaleOCR per-scale attention / predictions
+
+PNGs are encoded with OpenCV (4x faster than PIL for overlays, PERF_NOTES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from attnseg.inference.preprocess import denormalize_image, to_rgb_uint8
+from attnseg.models.outputs import SegmentationOutput
+
+DUMP_KINDS = ("color", "overlay", "trainIds", "labelIds", "compare", "scales")
+
+
+def colorize(train_ids: np.ndarray, palette: np.ndarray, ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a class-id map; ids without a palette entry (e.g. 255) get `ignore_color`."""
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    table = np.tile(np.asarray(ignore_color, dtype=np.uint8), (256, 1))
+    table[: len(palette)] = palette[:256]
+    return table[np.asarray(train_ids).astype(np.uint8, copy=False)]
+
+
+def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """`image` (H, W, 3) uint8 blended with `colors` (same size): ``(1 - alpha) * image + alpha * colors``."""
+    if image.shape != colors.shape:
+        image = cv2.resize(image, (colors.shape[1], colors.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(image, 1.0 - alpha, colors, alpha, 0.0)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an (H, W) gray or (H, W, 3) RGB uint8 PNG with OpenCV (which wants BGR)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), data):
+        raise OSError(f"{path}: could not write image")
+
+
+def safe_name(name: str) -> str:
+    """A file stem for a sample name (path separators become underscores)."""
+    return str(name).replace("\\", "/").strip("/").replace("/", "_") or "image"
+
+
+def _scale_tag(scale: float) -> str:
+    return f"{float(scale):g}x"
+
+
+class PredictionDumper:
+    """An ``on_prediction`` callback for `evaluate_model` that writes the images described in the module docstring.
+
+    Args:
+        out_dir: output folder.
+        palette: (K, 3) RGB colours per trainId.
+        mean, std: normalisation of the evaluated tensors, to rebuild the input when no ``image_path`` is known.
+        kinds: which of `DUMP_KINDS` to write.
+        train_id_to_label_id: (256,) uint8 table for ``labelIds`` (Cityscapes `attnseg.data.labels.train_id_to_id`).
+        alpha: overlay opacity of the colours.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        palette: np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        kinds: Sequence[str] = ("color", "overlay", "labelIds", "compare"),
+        train_id_to_label_id: np.ndarray | None = None,
+        alpha: float = 0.5,
+    ):
+        unknown = set(kinds) - set(DUMP_KINDS)
+        if unknown:
+            raise ValueError(f"unknown dump kinds {sorted(unknown)}; choose from {DUMP_KINDS}")
+        if "labelIds" in kinds and train_id_to_label_id is None:
+            raise ValueError("labelIds dumps need the train_id_to_label_id table")
+        self.out_dir = Path(out_dir)
+        self.palette = np.asarray(palette, dtype=np.uint8)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.kinds = tuple(kinds)
+        self.train_id_to_label_id = train_id_to_label_id
+        self.alpha = alpha
+        self.count = 0
+
+    def __call__(self, names: Sequence[str], predictions: np.ndarray, extras: dict[str, Any]) -> None:
+        batch = extras.get("batch", {})
+        labels = batch.get("label")
+        output = extras.get("output")
+        for index, name in enumerate(names):
+            stem = safe_name(name)
+            prediction = predictions[index]
+            self._write_prediction(stem, prediction, batch, index, labels)
+            if "scales" in self.kinds and isinstance(output, SegmentationOutput):
+                self._write_scales(stem, output, index)
+            self.count += 1
+
+    def _input_image(self, batch: dict[str, Any], index: int, size: tuple[int, int]) -> np.ndarray:
+        paths = batch.get("image_path") or []
+        if index < len(paths) and paths[index]:
+            image = cv2.imread(str(paths[index]), cv2.IMREAD_UNCHANGED)
+            if image is not None:
+                if image.ndim == 3:
+                    image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+                image = to_rgb_uint8(image)
+                if image.shape[:2] == size:
+                    return image
+        return denormalize_image(batch["image"][index], self.mean, self.std)
+
+    def _write_prediction(self, stem, prediction, batch, index, labels) -> None:
+        kinds = self.kinds
+        colors = colorize(prediction, self.palette) if {"color", "overlay", "compare"} & set(kinds) else None
+        if "trainIds" in kinds:
+            write_png(self.out_dir / "trainIds" / f"{stem}.png", prediction.astype(np.uint8))
+        if "labelIds" in kinds:
+            write_png(self.out_dir / "labelIds" / f"{stem}.png", self.train_id_to_label_id[prediction.astype(np.uint8)])
+        if "color" in kinds:
+            write_png(self.out_dir / "color" / f"{stem}.png", colors)
+        if {"overlay", "compare"} & set(kinds):
+            image = self._input_image(batch, index, prediction.shape)
+            blended = overlay(image, colors, self.alpha)
+            if "overlay" in kinds:
+                write_png(self.out_dir / "overlay" / f"{stem}.png", blended)
+            if "compare" in kinds:
+                panels = [image]
+                if labels is not None:
+                    label = labels[index].cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels[index])
+                    panels.append(colorize(np.where(label < 256, label, 255), self.palette))
+                panels.append(blended)
+                write_png(self.out_dir / "compare" / f"{stem}.png", np.concatenate(panels, axis=1))
+
+    def _write_scales(self, stem: str, output: SegmentationOutput, index: int) -> None:
+        for scale, attention in output.scale_attention.items():
+            gray = (attention[index, 0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            write_png(self.out_dir / "scales" / f"{stem}_attn_{_scale_tag(scale)}.png", gray)
+        for scale, logits in output.scale_logits.items():
+            ids = logits[index].float().max(dim=0).indices.to(torch.uint8).cpu().numpy()
+            write_png(self.out_dir / "scales" / f"{stem}_pred_{_scale_tag(scale)}.png", colorize(ids, self.palette))
