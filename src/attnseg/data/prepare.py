@@ -29,6 +29,7 @@ from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
+from attnseg.data.base import read_label_png
 from attnseg.data.labels import LABELS_BY_NAME, VALID_LABEL_IDS, id_to_train_id
 from attnseg.errors import DatasetError
 
@@ -90,23 +91,6 @@ def instance_ids_from_json(json_path: str | Path, encoding: str = "trainIds") ->
     if image.min() < 0 or image.max() > np.iinfo(np.uint16).max:
         raise DatasetError(f"{json_path}: instance ids outside 0..65535 cannot be stored in a 16-bit PNG")
     return image.astype(np.uint16)
-
-
-def read_label_png(path: str | Path) -> np.ndarray:
-    """Single-channel label PNG as a 2D array (uint8 or uint16); palette PNGs give their indices, not colours."""
-    path = Path(path)
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise DatasetError(f"{path}: cannot be read as an image")
-    if array.ndim == 2:
-        return array
-    # OpenCV expands palette PNGs (PaddleSeg writes its converted labels that way) to colours; PIL keeps the indices.
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode in ("P", "L", "I;16", "I"):
-            return np.asarray(image)
-    raise DatasetError(f"{path}: label image has {array.shape[2]} channels; expected one channel of class ids")
 
 
 def train_ids_from_label_ids(
