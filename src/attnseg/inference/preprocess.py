@@ -38,7 +38,10 @@ def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[floa
     """(3, H, W) float32 tensor ``(pixel - mean) / std`` of an (H, W, 3) uint8 RGB image (mean/std on 0-255)."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+        image = image.copy()
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
     return tensor.sub_(mean_t).div_(std_t)
 
 

@@ -1,0 +1,218 @@
+"""`Predictor`: a trained checkpoint as a function from an image (array, PIL image or file) to a label map.
+
+Pre-processing (mean/std, channel order), class names and palette come from the checkpoint's sidecar, never from
+the caller, so a model is always fed the numbers it was trained with::
+
+    predictor = Predictor.from_weights("runs/cityscapes/checkpoints/best")
+    labels = predictor("frankfurt_000000_000294_leftImg8bit.png")       # (H, W) uint8 trainIds
+    cv2.imwrite("overlay.png", predictor.overlay(image, labels)[..., ::-1])
+
+The network sits behind a small seam, `logits_fn` (normalised NCHW float tensor -> logits), so a runtime other
+than eager PyTorch (ONNX Runtime, OpenVINO) can be plugged in with `Predictor.from_numpy_backend`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from attnseg.errors import DatasetError, WeightsError
+from attnseg.inference.dump import colorize, overlay
+from attnseg.inference.evaluate import InferenceRecipe, inference_state, predict_scores, scores_to_labels
+from attnseg.inference.preprocess import normalize_image, to_rgb_uint8
+
+LogitsFn = Callable[[torch.Tensor], Any]
+# A runtime backend: (N, 3, H, W) float32 normalised array -> (N, K, H, W) logits array.
+NumpyBackend = Callable[[np.ndarray], np.ndarray]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB (grayscale, 16-bit and RGBA files are converted).
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such image file")
+    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DatasetError(f"{path}: cannot be decoded as an image (corrupt or unsupported format)")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return to_rgb_uint8(image)
+
+
+def as_rgb_array(image: Any) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a path, a PIL image, or an RGB/RGBA/grayscale numpy array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL.Image without importing PIL
+        image = np.asarray(image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image)
+    return to_rgb_uint8(np.asarray(image))
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """The native checkpoint base path for `path`: a checkpoint file/base name, or a training run directory.
+
+    In a run directory (or its ``checkpoints/`` folder) the ``best`` checkpoint is taken, else ``last``.
+
+    Raises:
+        WeightsError: nothing usable is found.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for stem in ("best", "last"):
+                if (folder / f"{stem}.safetensors").is_file() and (folder / f"{stem}.json").is_file():
+                    return folder / stem
+        raise WeightsError(f"{path}: a directory without checkpoints/best.safetensors or checkpoints/last.safetensors")
+    return path
+
+
+class Predictor:
+    """Segment single images with a trained model.
+
+    Args:
+        logits_fn: normalised (N, 3, H, W) float tensor -> logits (N, K, H, W) (tensor or `SegmentationOutput`).
+        mean, std: input normalisation on 0-255 RGB values.
+        class_names: one name per class.
+        palette: (K, 3) RGB colours.
+        device: where input tensors are put.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        scales, multi_scale, flip: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
+        model: the module behind `logits_fn` if any (its eval state and `eval_scales` are managed per call).
+    """
+
+    def __init__(
+        self,
+        logits_fn: LogitsFn,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        class_names: Sequence[str],
+        palette: np.ndarray | Sequence[Sequence[int]],
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        scales: Sequence[float] = (1.0,),
+        multi_scale: str = "hierarchical",
+        flip: bool = False,
+        model: nn.Module | None = None,
+    ):
+        self.logits_fn = logits_fn
+        self.model = model
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.class_names = list(class_names)
+        self.palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+        self.device = torch.device(device)
+        self.recipe = InferenceRecipe(
+            scales=tuple(float(s) for s in scales), multi_scale=multi_scale, flip=flip, precision=precision
+        )
+        if model is None and self.recipe.multi_scale == "hierarchical" and self.recipe.scales != (1.0,):
+            raise ValueError("hierarchical multi-scale needs the model itself; use multi_scale='average' with a backend")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        *,
+        scales: Sequence[float] | None = None,
+        multi_scale: str = "hierarchical",
+        flip: bool = False,
+    ) -> Predictor:
+        """Load a native checkpoint (``.safetensors`` + sidecar ``.json``) or a run directory's best checkpoint.
+
+        Args:
+            path: checkpoint base name or file, or a training run directory.
+            device: default CUDA when available, else CPU.
+            precision: ``"fp32"`` or ``"bf16"``.
+            scales: test scales; None keeps the model's own (`eval_scales` of MscaleOCR, else 1.0).
+            multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
+            flip: add flipped passes.
+        """
+        from attnseg.weights import load_model
+
+        device = torch.device(device) if device is not None else _default_device()
+        model, sidecar = load_model(resolve_weights(path), device=device)
+        if scales is None:
+            scales = tuple(getattr(model, "eval_scales", (1.0,))) if multi_scale == "hierarchical" else (1.0,)
+        return cls(
+            model, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
+            device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, model=model,
+        )  # fmt: skip
+
+    @classmethod
+    def from_numpy_backend(
+        cls, backend: NumpyBackend, sidecar: Any, *, scales: Sequence[float] = (1.0,), flip: bool = False
+    ) -> Predictor:
+        """A predictor over a non-torch runtime: `backend` maps a normalised NCHW float32 array to logits.
+
+        Args:
+            backend: e.g. an ONNX Runtime session's run wrapped in a function.
+            sidecar: the checkpoint's `attnseg.weights.CheckpointSidecar` (pre-processing, names, palette).
+            scales: scales averaged outside the backend.
+            flip: add flipped passes.
+        """
+
+        def logits_fn(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(backend(images.cpu().numpy().astype(np.float32)), dtype=np.float32))
+
+        return cls(
+            logits_fn, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
+            scales=scales, multi_scale="average", flip=flip,
+        )  # fmt: skip
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """(1, 3, H, W) normalised tensor on the predictor's device."""
+        return normalize_image(as_rgb_array(image), self.mean, self.std)[None].to(self.device)
+
+    def __call__(self, image: Any, return_probabilities: bool = False):
+        """Segment one image.
+
+        Args:
+            image: file path, PIL image, or numpy array (H, W) gray / (H, W, 3) RGB / (H, W, 4) RGBA, any size.
+            return_probabilities: also return (K, H, W) float32 class probabilities.
+
+        Returns:
+            (H, W) uint8 class ids, or ``(labels, probabilities)``.
+        """
+        tensor = self.preprocess(image)
+        if self.model is not None:
+            with inference_state(self.model, self.recipe), torch.inference_mode():
+                result = predict_scores(self.logits_fn, tensor, self.recipe, self.num_classes)
+        else:
+            with torch.inference_mode():
+                result = predict_scores(self.logits_fn, tensor, self.recipe, self.num_classes)
+        labels = scores_to_labels(result.scores)[0].cpu().numpy()
+        if not return_probabilities:
+            return labels
+        scores = result.scores if result.are_probabilities else torch.softmax(result.scores, dim=1)
+        return labels, scores[0].float().cpu().numpy()
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of a label map in the checkpoint's palette."""
+        return colorize(labels, self.palette)
+
+    def overlay(self, image: Any, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: `image` blended with the colours of `labels` (opacity `alpha`)."""
+        return overlay(as_rgb_array(image), self.colorize(labels), alpha)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

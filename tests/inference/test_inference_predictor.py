@@ -1,0 +1,77 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from attnseg.errors import DatasetError, WeightsError
+from attnseg.inference.predictor import Predictor, resolve_weights
+from attnseg.models import create_model
+from attnseg.weights import save_checkpoint
+
+MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("mscale_ocr_hrnet_w18_small", num_classes=19, eval_scales=(0.5, 1.0)).eval()
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run / "checkpoints" / "best", model, "mscale_ocr_hrnet_w18_small", {"eval_scales": [0.5, 1.0]},
+                    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, MEAN, STD)
+    return run, model
+
+
+def test_round_trip_matches_direct_model(checkpoint):
+    run, model = checkpoint
+    predictor = Predictor.from_weights(run, device="cpu")
+    assert predictor.recipe.scales == (0.5, 1.0) and predictor.num_classes == 19
+    image = np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)
+    labels, probabilities = predictor(image, return_probabilities=True)
+    assert labels.shape == (37, 51) and labels.dtype == np.uint8
+    assert probabilities.shape == (19, 37, 51)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    with torch.inference_mode():
+        expected = model(x[None]).logits.argmax(1)[0].numpy()
+    assert (labels == expected).mean() > 0.999
+    # grayscale, RGBA, PIL and file inputs give the same answer as their RGB equivalent
+    gray = image[:, :, 0]
+    assert np.array_equal(predictor(gray), predictor(np.repeat(gray[:, :, None], 3, axis=2)))
+    rgba = np.concatenate([image, np.full((37, 51, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(predictor(rgba), labels)
+    assert np.array_equal(predictor(Image.fromarray(image)), labels)
+    path = run / "image.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    assert np.array_equal(predictor(path), labels)
+    blended = predictor.overlay(image, labels, alpha=1.0)
+    assert np.array_equal(blended, CITYSCAPES_PALETTE[labels])
+
+
+def test_flip_and_backend_seam(checkpoint):
+    run, model = checkpoint
+    predictor = Predictor.from_weights(run / "checkpoints" / "best.safetensors", scales=(1.0,), flip=True)
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    labels = predictor(image)
+    model.eval_scales = (1.0,)
+
+    def backend(array):
+        with torch.inference_mode():
+            return model(torch.from_numpy(array)).logits.numpy()
+
+    from attnseg.weights import read_sidecar
+
+    other = Predictor.from_numpy_backend(backend, read_sidecar(run / "checkpoints" / "best"), flip=True)
+    assert (other(image) == labels).mean() > 0.999
+
+
+def test_errors(tmp_path, checkpoint):
+    run, _ = checkpoint
+    with pytest.raises(WeightsError):
+        resolve_weights(tmp_path)
+    predictor = Predictor.from_weights(run)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="cannot be decoded"):
+        predictor(bad)
