@@ -59,3 +59,16 @@ def test_scales_resize_and_average_softmax():
 def test_passes_order():
     assert tta_passes((0.5, 1.0), True) == [(0.5, False), (0.5, True), (1.0, False), (1.0, True)]
     assert tta_passes((1.0,), False) == [(1.0, False)]
+
+
+def test_model_outputs_are_not_modified_in_place():
+    outputs = []
+
+    def model(x):
+        outputs.append(x[:, :2].clone())
+        return outputs[-1]
+
+    image = torch.randn(1, 3, 5, 7)
+    result = tta_inference_with_output(model, image, flip=True, fusion="logits")
+    torch.testing.assert_close(outputs[0], image[:, :2])
+    assert result.reference_output is outputs[0]

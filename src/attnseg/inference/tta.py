@@ -84,7 +84,8 @@ def tta_inference_with_output(
         if logits.shape[-2:] != (height, width):
             logits = _resize(logits, (height, width))
         contribution = torch.softmax(logits, dim=1) if fusion == "softmax" else logits
-        total = contribution if total is None else total.add_(contribution)
+        # The first contribution may be the model's own output tensor: accumulate into a copy, never into it.
+        total = contribution.clone() if total is None else total.add_(contribution)
     assert total is not None and reference_output is not None
     if len(passes) > 1:
         total = total.div_(len(passes))
