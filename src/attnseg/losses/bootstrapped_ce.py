@@ -72,6 +72,8 @@ class OhemCrossEntropyLoss(nn.Module):
     below a threshold are kept; the threshold is ``thresh``, raised to the ``min_kept``-th smallest true-class
     probability when that is larger (so at least about ``min_kept`` pixels survive; the comparison is strict,
     as in the reference). The loss is ``mean(loss * kept) / (mean(kept) + 1e-5)`` over all pixels of the batch.
+    As in the reference, ``min_kept = 0`` turns mining off (every valid pixel is kept), it does not mean
+    "threshold only".
 
     Args:
         thresh: probability threshold (0.7).
@@ -104,15 +106,16 @@ class OhemCrossEntropyLoss(nn.Module):
             logits = logits.float()
             valid = labels != self.ignore_index
             safe_labels = torch.where(valid, labels.long(), 0)
-            with torch.no_grad():
-                true_prob = logits.softmax(dim=1).gather(1, safe_labels.unsqueeze(1)).squeeze(1)
-                true_prob = torch.where(valid, true_prob, 2.0).flatten()  # ignored pixels sort last
-                threshold = torch.tensor(self.thresh, device=logits.device)
-                if self.min_kept > 0:
-                    kth = true_prob.kthvalue(min(true_prob.numel(), self.min_kept)).values
-                    threshold = torch.maximum(threshold, kth)
-                mining = valid.sum() > self.min_kept
-                kept = valid & ~(mining & (true_prob >= threshold).view_as(valid))
+            kept = valid if self.min_kept == 0 else self._mined(logits, safe_labels, valid)
             losses = pixel_cross_entropy(logits, safe_labels, self.weight, self.ignore_index) * kept
-            kept_fraction = kept.float().mean()
-            return losses.mean() / (kept_fraction + self.eps)
+            return losses.mean() / (kept.float().mean() + self.eps)
+
+    @torch.no_grad()
+    def _mined(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Valid pixels kept by mining (called only with min_kept > 0: the reference mines only then)."""
+        true_prob = logits.softmax(dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        true_prob = torch.where(valid, true_prob, 2.0).flatten()  # ignored pixels sort last
+        kth = true_prob.kthvalue(min(true_prob.numel(), self.min_kept)).values
+        threshold = torch.clamp_min(kth, self.thresh)
+        mining = valid.sum() > self.min_kept
+        return valid & ~(mining & (true_prob >= threshold).view_as(valid))

@@ -231,7 +231,9 @@ class ImageWeightedSoftNLLLoss(nn.Module):
             # log(max(p_c, t_c * S)) with S = sum_k t_k p_k, in log space so that no 0 * -inf appears
             log_probs = F.log_softmax(logits, dim=1)
             log_target = torch.log(class_target)
-            log_mass = torch.logsumexp(log_probs + log_target, dim=1, keepdim=True)
+            # ignored pixels have no marked class: a finite stand-in keeps logsumexp's gradient free of NaN there
+            log_mass = torch.logsumexp(torch.where(ignored.unsqueeze(1), 0.0, log_probs + log_target), dim=1,
+                                       keepdim=True)
             relaxed_log_probs = torch.maximum(log_probs, log_target + log_mass)
             weighted = class_target * class_weights[:, :, None, None]
             pixel_terms = -(torch.where(weighted > 0, weighted * relaxed_log_probs, 0.0)).sum(dim=1)  # (N, H, W)
