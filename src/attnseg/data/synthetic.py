@@ -647,8 +647,13 @@ class SceneBuilder:
             return self.rng.uniform(self.walk_left + 0.3, self.road_left - 0.3)
         return self.rng.uniform(self.road_right + 0.3, self.walk_right - 0.3)
 
-    def _depth(self, near: float = 5.0, far: float = 80.0) -> float:
-        return float(np.exp(self.rng.uniform(np.log(near), np.log(far))))  # as many far objects as near ones
+    def _depth(self, near: float = 5.0, far: float = 80.0, x_world: float = 0.0) -> float:
+        """Random depth, log-uniform (as many far objects as near ones), far enough for X = x_world to be in view."""
+        cam = self.camera
+        half_view = cam.cx if x_world < 0 else cam.width - cam.cx
+        near = max(near, abs(x_world) * cam.focal / (0.9 * half_view))
+        far = max(far, near * 1.5)
+        return float(np.exp(self.rng.uniform(np.log(near), np.log(far))))
 
     def _tree_crown(self, layer, x_world, z, radius, center_height) -> None:
         rng = self.rng
@@ -662,8 +667,8 @@ class SceneBuilder:
         rng = self.rng
         for _ in range(count):
             side = -1 if rng.random() < 0.5 else 1
-            z = self._depth(6, 90)
             x = (self.walk_left + 0.6 if side < 0 else self.walk_right - 0.6) + rng.uniform(-0.4, 0.4)
+            z = self._depth(6, 90, x)
             crown, trunk_top = rng.uniform(1.2, 3.2), rng.uniform(2.0, 4.5)
             trunk_color = _jitter(self.rng, (85, 65, 50), 12)
             sprite = Sprite(self.camera, x, z, 0.2, trunk_top + 0.3, trunk_color)
@@ -683,7 +688,7 @@ class SceneBuilder:
         for _ in range(count):
             side = -1 if rng.random() < 0.5 else 1
             x = (self.road_left - 0.5 if side < 0 else self.road_right + 0.5) + rng.uniform(-0.3, 0.3)
-            z = self._depth(5, 70)
+            z = self._depth(5, 70, x)
             height, width = rng.uniform(3.5, 9), rng.uniform(0.08, 0.25)
             sprite = Sprite(self.camera, x, z, 1.8, height + 0.2, metal)
             sprite.rect(-width / 2, 0, width / 2, height, metal)
@@ -701,7 +706,8 @@ class SceneBuilder:
     def _signs(self, count: int) -> None:
         rng = self.rng
         for _ in range(count):
-            x, z = self._sidewalk_x(), self._depth(5, 45)
+            x = self._sidewalk_x()
+            z = self._depth(5, 45, x)
             mount = rng.uniform(1.8, 2.8)
             metal = _jitter(rng, (150, 150, 150), 20)
             pole = self._pole_sprite(x, z + 0.05, mount, metal)
@@ -733,7 +739,7 @@ class SceneBuilder:
         for _ in range(count):
             side = -1 if rng.random() < 0.5 else 1
             x = (self.road_left - 0.4 if side < 0 else self.road_right + 0.4)
-            z = self._depth(7, 55)
+            z = self._depth(7, 55, x)
             mount = rng.uniform(2.2, 3.5)
             metal = _jitter(rng, (120, 120, 120), 20)
             pole = self._pole_sprite(x, z + 0.05, mount, metal)
@@ -758,9 +764,10 @@ class SceneBuilder:
             if rng.random() < 0.35:  # parked along the curb, seen from the side
                 side = -1 if rng.random() < 0.5 else 1
                 x = (self.road_left + 1.0 if side < 0 else self.road_right - 1.0)
-                self._car_side(x, self._depth(6, 60), color)
+                self._car_side(x, self._depth(6, 60, x), color)
             else:
-                self._car_rear(self._road_x(), self._depth(5, 120), color)
+                x = self._road_x()
+                self._car_rear(x, self._depth(5, 120, x), color)
 
     def _vehicle_shadow(self, x: float, z: float, half_width: float) -> None:
         quad = self._ground_quad(x - half_width * 1.1, x + half_width * 1.1, z - 0.2, z + 1.5)
@@ -812,9 +819,9 @@ class SceneBuilder:
         rng = self.rng
         cargo = _jitter(rng, rng.choice([(230, 230, 230), (200, 90, 30), (60, 90, 150), (160, 160, 160)]), 15)
         cab = _jitter(rng, rng.choice([(220, 220, 220), (180, 30, 30), (30, 60, 130)]), 15)
-        z = self._depth(8, 70)
         if rng.random() < 0.5:  # from behind: a tall box with doors
             x = self._road_x(1.5)
+            z = self._depth(8, 70, x)
             width, height = rng.uniform(2.3, 2.55), rng.uniform(3.0, 3.9)
             w = width / 2
             sprite = Sprite(self.camera, x, z, w + 0.1, height + 0.1, cargo)
@@ -831,6 +838,7 @@ class SceneBuilder:
         else:  # from the side: cab and cargo box
             side = -1 if rng.random() < 0.5 else 1
             x = (self.road_left + 1.4 if side < 0 else self.road_right - 1.4)
+            z = self._depth(8, 70, x)
             length, height = rng.uniform(6.5, 9.0), rng.uniform(3.0, 3.8)
             half = length / 2
             sprite = Sprite(self.camera, x, z, half + 0.1, height + 0.1, cargo)
@@ -851,9 +859,9 @@ class SceneBuilder:
         paint = _jitter(rng, rng.choice([(230, 190, 30), (200, 40, 40), (40, 90, 170), (235, 235, 235), (40, 140, 90)]),
                         12)  # fmt: skip
         glass = _jitter(rng, (35, 45, 55), 8)
-        z = self._depth(8, 80)
         if rng.random() < 0.5:
             x = self._road_x(1.5)
+            z = self._depth(8, 80, x)
             w, height = rng.uniform(1.22, 1.28), rng.uniform(2.9, 3.2)
             sprite = Sprite(self.camera, x, z, w + 0.1, height + 0.1, paint)
             for u in (-w * 0.8, w * 0.8):
@@ -868,6 +876,7 @@ class SceneBuilder:
         else:
             side = -1 if rng.random() < 0.5 else 1
             x = (self.road_left + 1.4 if side < 0 else self.road_right - 1.4)
+            z = self._depth(8, 80, x)
             half, height = rng.uniform(5.5, 6.2), rng.uniform(2.9, 3.2)
             sprite = Sprite(self.camera, x, z, half + 0.1, height + 0.1, paint)
             body = [(-half, 0.3), (half, 0.3), (half, height - 0.25), (half - 0.25, height), (-half + 0.25, height),
@@ -888,12 +897,13 @@ class SceneBuilder:
         stripe = _jitter(rng, rng.choice([(200, 30, 30), (30, 30, 30), (40, 90, 160)]), 10)
         glass = _jitter(rng, (40, 50, 60), 8)
         crossing = rng.random() < 0.5
-        z = self._depth(12, 60) if crossing else self._depth(10, 70)
         if crossing:  # passing across the street at an intersection: long side with segments
             half, x = rng.uniform(12, 18), rng.uniform(-4, 4)
+            z = self._depth(12, 60, x)
             track = cam.project(np.array([[-80, 0, z - 0.8], [80, 0, z - 0.8], [80, 0, z + 0.8], [-80, 0, z + 0.8]]))
         else:  # ahead in the street, seen from behind
             half, x = 1.2, self._road_x(1.5)
+            z = self._depth(10, 70, x)
             track = self._ground_quad(x - 0.75, x + 0.75, Z_NEAR, self.skyline_z)
         self._add(self.background, "rail track", track, self._rails_painter(crossing, z if crossing else x))
         height = rng.uniform(3.2, 3.6)
@@ -970,19 +980,20 @@ class SceneBuilder:
 
     def _people(self, count: int) -> None:
         for _ in range(count):
-            x, z = self._sidewalk_x(), self._depth(5, 50)
+            x = self._sidewalk_x()
+            z = self._depth(5, 50, x)
             self._add_sprite(z, "person", self._person_sprite(x, z, riding=False), 0.05)
             if self.rng.random() < 0.3:  # someone walking alongside
                 self._add_sprite(z + 0.3, "person", self._person_sprite(x + 0.6, z + 0.3, riding=False), 0.05)
 
     def _two_wheeler(self, kind: str, ridden: bool) -> None:
         rng = self.rng
-        z = self._depth(5, 45)
         if ridden:
             side = -1 if rng.random() < 0.5 else 1
             x = (self.road_left + 0.8 if side < 0 else self.road_right - 0.8)
         else:
             x = self._sidewalk_x()
+        z = self._depth(5, 45, x)
         facing = 1 if rng.random() < 0.5 else -1
         if kind == "bicycle":
             frame = _jitter(rng, rng.choice([(30, 30, 30), (180, 30, 30), (40, 80, 160), (200, 200, 200)]), 15)
@@ -1137,14 +1148,19 @@ def render_scene(
         width: image width in pixels.
         forced: label names that must be visible (placed again on top if occluded), e.g. rare classes.
     """
-    builder = SceneBuilder(rng, width, height, forced)
-    shapes = builder.build()
-    index_map = _object_index_map(shapes, width, height)
+    required = set(forced) & set(FORCED_CLASSES)
     min_pixels = max(4, (height * width) // 8000)
-    promoted = _promote_hidden(shapes, index_map, set(forced) & set(FORCED_CLASSES), min_pixels)
-    if promoted is not None:
+    for _attempt in range(4):  # a forced object can still fall outside the view; then draw another street
+        builder = SceneBuilder(rng, width, height, forced)
+        shapes = builder.build()
+        index_map = _object_index_map(shapes, width, height)
+        promoted = _promote_hidden(shapes, index_map, required, min_pixels)
+        if promoted is None:
+            break
         shapes = promoted
         index_map = _object_index_map(shapes, width, height)
+        if _promote_hidden(shapes, index_map, required, min_pixels) is None:
+            break
     annotation = _annotation_dict(shapes, width, height)
     label_ids = rasterize_annotation(annotation, "ids")
     if not np.array_equal(label_ids, _label_table(shapes)[index_map]):  # pragma: no cover - rasteriser mismatch
