@@ -56,7 +56,7 @@ _PADDLE_BIG_PARAMS = "UnpackBigParamInfor@@"
 # ---------------------------------------------------------------------------------------------------------
 def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
     """What a numpy state-dict pickle may reference: array reconstruction and plain containers, nothing else."""
-    from numpy._core import multiarray  # numpy >= 2; pickles from numpy 1.x name numpy.core.multiarray
+    from numpy._core import multiarray, numeric  # numpy >= 2; pickles from numpy 1.x name numpy.core.*
 
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
@@ -67,6 +67,8 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer  # pickle protocol 5 array layout
     for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray"):
         allowed[("builtins", name)] = getattr(__import__("builtins"), name)
         allowed[("__builtin__", name)] = allowed[("builtins", name)]
