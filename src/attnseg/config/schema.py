@@ -144,6 +144,9 @@ class EvalConfig:
     # scales (PaddleSeg aug_eval, any model).
     multi_scale: Literal["hierarchical", "average"] = "hierarchical"
     flip: bool = False
+    # How flipped / averaged passes combine: "softmax" = mean of probabilities (PaddleSeg <= 2.7, which gave the
+    # published 86.99 / 87.00); "logits" = mean of logits (NVIDIA eval_minibatch, PaddleSeg 2.8).
+    fusion: Literal["softmax", "logits"] = "softmax"
     mode: Literal["whole", "slide"] = "whole"
     crop_size: tuple[int, int] | None = None  # sliding window (height, width)
     stride: tuple[int, int] | None = None
