@@ -73,15 +73,73 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm layers -> SyncBatchNorm when running distributed (a no-op for one process).
+class CrossProcessBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the batch of every process (SyncBatchNorm for CPU/gloo).
 
-    Done at the entry point, not inside layers, so models stay plain. SyncBatchNorm's batch statistics cover the
-    global batch, which is what makes N processes with batch B train like one process with batch N * B.
+    PyTorch's `nn.SyncBatchNorm` runs only on GPUs; this layer uses differentiable all-reduces instead, so that N
+    CPU processes with batch B normalise (and back-propagate) exactly like one process with batch N * B. Mean and
+    variance are computed in two passes (sum, then sum of squared deviations) in float32, like the native kernel.
+    Outside training, or in a single process, it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        x32 = x.float()
+        channels = x32.shape[1]
+        count = torch.tensor([x32.numel() // channels], dtype=torch.float32, device=x32.device)
+        total = all_reduce(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
+        n = total[-1]
+        mean = total[:channels] / n
+        centred = x32 - mean[None, :, None, None]
+        var = all_reduce(centred.square().sum(dim=(0, 2, 3))) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (n / torch.clamp(n - 1, min=1))
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def _to_cross_process_bn(module: nn.Module) -> nn.Module:
+    result = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CrossProcessBatchNorm2d):
+        result = CrossProcessBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                         module.track_running_stats)
+        tensors = list(module.state_dict().values())
+        if tensors:
+            result.to(tensors[0].device)
+        result.load_state_dict(module.state_dict())
+        result.train(module.training)
+        if module.affine:
+            result.weight.requires_grad_(module.weight.requires_grad)
+            result.bias.requires_grad_(module.bias.requires_grad)
+    for name, child in module.named_children():
+        result.add_module(name, _to_cross_process_bn(child))
+    return result
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm layers -> synchronised ones when running distributed (a no-op for one process).
+
+    Done at the entry point, not inside layers, so models stay plain. Synchronised statistics cover the global
+    batch, which is what makes N processes with batch B train like one process with batch N * B. CUDA models get
+    `nn.SyncBatchNorm`; CPU models (gloo) get `CrossProcessBatchNorm2d`. Convert *before* building the optimiser
+    or load its parameters again: the CPU conversion creates new parameter tensors.
     """
     if not is_distributed():
         return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and parameter.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _to_cross_process_bn(model)
 
 
 def reduce_mean(values: dict[str, torch.Tensor | float]) -> dict[str, float]:

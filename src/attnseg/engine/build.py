@@ -1,0 +1,229 @@
+"""Config sections -> training objects: datasets + transforms + sampler + loader, criterion, optimiser.
+
+Only the CLI (and tests) call these; the engine itself takes explicit objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from attnseg.config.schema import DataConfig, TrainConfig
+from attnseg.data.sampling import (
+    CentroidTable,
+    DistributedPlanSampler,
+    EpochPlanner,
+    PlannedDataset,
+    cached_centroids,
+    compute_centroids,
+    dataset_fingerprint,
+)
+from attnseg.data.transforms import Compose, build_train_transform
+from attnseg.engine import distributed
+from attnseg.engine.optim import build_sgd, parameter_groups
+from attnseg.errors import ConfigError, DatasetError
+
+
+def train_transform_from_config(data_cfg: DataConfig) -> Compose:
+    """The augmentation pipeline a DataConfig describes."""
+    return build_train_transform(
+        crop_size=tuple(data_cfg.crop_size),
+        scale_range=tuple(data_cfg.scale_range),
+        scale_step=data_cfg.scale_step,
+        pre_size=data_cfg.pre_size,
+        interpolation=data_cfg.resize_interpolation,
+        horizontal_flip=data_cfg.horizontal_flip,
+        brightness=data_cfg.color_jitter,
+        contrast=data_cfg.color_jitter,
+        saturation=data_cfg.color_jitter,
+        hue=data_cfg.hue_jitter,
+        color_prob=data_cfg.color_jitter_prob,
+        gaussian_blur=data_cfg.gaussian_blur,
+        mean=data_cfg.mean,
+        std=data_cfg.std,
+        pad_value=data_cfg.pad_value,
+        ignore_index=data_cfg.ignore_index,
+    )
+
+
+def build_train_datasets(data_cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
+    """(fine training set, coarse/autolabelled set or None) as raw samples (uint8 image, trainId label)."""
+    if data_cfg.dataset == "cityscapes":
+        from attnseg.data.cityscapes import CityscapesDataset
+
+        fine = CityscapesDataset(data_cfg.root, data_cfg.train_split, mode="fine")
+        coarse = None
+        if data_cfg.coarse != "none":
+            coarse = CityscapesDataset(data_cfg.root, "train_extra", mode=data_cfg.coarse)
+        return fine, coarse
+    if data_cfg.coarse != "none":
+        raise ConfigError(f"data.coarse={data_cfg.coarse!r} exists only for data.dataset=cityscapes")
+    if data_cfg.dataset == "mapillary":
+        from attnseg.data.mapillary import MapillaryDataset
+
+        return MapillaryDataset(data_cfg.root, data_cfg.train_split), None
+    if data_cfg.dataset == "folder":
+        from attnseg.data.folder import FolderDataset
+
+        return FolderDataset(data_cfg.root, data_cfg.train_split), None
+    raise ConfigError(f"data.dataset={data_cfg.dataset!r} is not one of cityscapes, mapillary, folder")
+
+
+def dataset_label_files(dataset: Any) -> list[str] | None:
+    """The label file of every item, when the dataset exposes them (for the centroid cache key)."""
+    for name in ("label_paths", "label_files"):
+        files = getattr(dataset, name, None)
+        if files is not None:
+            return [os.fspath(f) for f in files]
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and len(samples) and hasattr(samples[0], "label_path"):
+        return [os.fspath(s.label_path) for s in samples]
+    return None
+
+
+def label_loader(dataset: Any):
+    """A function index -> trainId label array, without decoding the image when the dataset allows it."""
+    if hasattr(dataset, "load_label"):
+        return dataset.load_label
+    return lambda index: np.asarray(dataset[index]["label"])
+
+
+def dataset_centroids(
+    dataset: Any, *, num_classes: int, tile: int, cache_dir: str | Path, workers: int, progress: bool
+) -> CentroidTable:
+    """Class centroids of `dataset`, from the content-keyed cache or computed once (rank 0) and cached."""
+    files = dataset_label_files(dataset)
+    if files is not None:
+        key = dataset_fingerprint(files, "centroids/1", num_classes, tile)
+    else:  # no file list (e.g. an in-memory dataset): key on the labels themselves
+        digest = hashlib.sha256(repr(("centroids/1", num_classes, tile, len(dataset))).encode())
+        load = label_loader(dataset)
+        for index in range(len(dataset)):
+            label = np.ascontiguousarray(load(index))
+            digest.update(repr(label.shape).encode() + label.tobytes())
+        key = digest.hexdigest()[:24]
+    return cached_centroids(
+        cache_dir, key,
+        lambda: compute_centroids(label_loader(dataset), len(dataset), num_classes=num_classes, tile=tile,
+                                  workers=workers, progress=progress),
+        is_writer=distributed.get_rank() == 0, barrier=distributed.barrier,
+    )  # fmt: skip
+
+
+@dataclass
+class TrainData:
+    """What the trainer consumes: the loader, its sampler and the dataset behind it."""
+
+    loader: DataLoader
+    sampler: DistributedPlanSampler
+    dataset: PlannedDataset
+
+
+def collate_train_batch(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return default_collate(list(items))
+
+
+def build_train_data(
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    *,
+    num_classes: int,
+    fine: Dataset | None = None,
+    coarse: Dataset | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> TrainData:
+    """Training loader: datasets (built from `data_cfg` unless given), transforms, epoch planner, sampler.
+
+    Args:
+        data_cfg: data section.
+        train_cfg: train section (batch size, seed).
+        num_classes: K (class-uniform sampling draws over these).
+        fine, coarse: prebuilt raw datasets (tests, custom data); built from the config when `fine` is None.
+        rank, world_size: this process and the number of processes.
+        progress: progress bar for the one-time centroid computation.
+    """
+    if fine is None:
+        fine, coarse = build_train_datasets(data_cfg)
+    if len(fine) == 0:
+        raise DatasetError(f"the training split {data_cfg.train_split!r} under {data_cfg.root} holds no images")
+    use_coarse = coarse is not None and data_cfg.coarse != "none"
+    fine_centroids = coarse_centroids = None
+    if data_cfg.class_uniform_fraction > 0:
+        cache_dir = data_cfg.centroid_cache_dir or os.path.join(data_cfg.root, ".attnseg_cache")
+        options = dict(num_classes=num_classes, tile=data_cfg.class_uniform_tile, cache_dir=cache_dir,
+                       workers=data_cfg.num_workers, progress=progress and rank == 0)
+        fine_centroids = dataset_centroids(fine, **options)
+        if use_coarse:
+            coarse_centroids = dataset_centroids(coarse, **options)
+    try:
+        planner = EpochPlanner(
+            num_fine=len(fine),
+            num_coarse=len(coarse) if use_coarse else 0,
+            coarse_mix=data_cfg.coarse_mix if use_coarse else "none",
+            coarse_multiple=data_cfg.coarse_multiple,
+            coarse_max_epoch=data_cfg.coarse_max_epoch,
+            class_uniform_fraction=data_cfg.class_uniform_fraction,
+            num_classes=num_classes,
+            fine_centroids=fine_centroids,
+            coarse_centroids=coarse_centroids,
+            boost_classes=data_cfg.coarse_boost_classes,
+            seed=train_cfg.seed,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    sampler = DistributedPlanSampler(planner, batch_size=train_cfg.batch_size, rank=rank, world_size=world_size)
+    parts = [fine, coarse] if use_coarse else [fine]
+    dataset = PlannedDataset(parts, train_transform_from_config(data_cfg))
+    loader = DataLoader(
+        dataset,
+        batch_size=train_cfg.batch_size,
+        sampler=sampler,
+        num_workers=data_cfg.num_workers,
+        collate_fn=collate_train_batch,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=False,
+        # A private generator: creating an iterator must not consume the global torch RNG, or a resumed run
+        # (which creates one mid-epoch) would draw different dropout masks than an uninterrupted one.
+        generator=torch.Generator().manual_seed(train_cfg.seed),
+    )
+    return TrainData(loader=loader, sampler=sampler, dataset=dataset)
+
+
+def build_criterion_from_config(train_cfg: TrainConfig, num_classes: int, ignore_index: int = 255) -> nn.Module:
+    """The weighted loss terms of `train_cfg.losses` (see `attnseg.losses.build_criterion`)."""
+    from attnseg.losses import build_criterion
+
+    return build_criterion(train_cfg.losses, num_classes=num_classes, ignore_index=ignore_index)
+
+
+def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on every parameter (both references)."""
+    return build_sgd(parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.lr, momentum=train_cfg.momentum)
+
+
+def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
+    """Seeds Python, NumPy and torch (offset by rank so dropout differs per process) and sets determinism."""
+    import random
+
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
