@@ -90,7 +90,7 @@ class Predictor:
         palette: (K, 3) RGB colours.
         device: where input tensors are put.
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
-        scales, multi_scale, flip: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
+        scales, multi_scale, flip, fusion: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
         model: the module behind `logits_fn` if any (its eval state and `eval_scales` are managed per call).
     """
 
@@ -107,6 +107,7 @@ class Predictor:
         scales: Sequence[float] = (1.0,),
         multi_scale: str = "hierarchical",
         flip: bool = False,
+        fusion: str = "softmax",
         model: nn.Module | None = None,
     ):
         self.logits_fn = logits_fn
@@ -116,7 +117,8 @@ class Predictor:
         self.palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
         self.device = torch.device(device)
         self.recipe = InferenceRecipe(
-            scales=tuple(float(s) for s in scales), multi_scale=multi_scale, flip=flip, precision=precision
+            scales=tuple(float(s) for s in scales), multi_scale=multi_scale, flip=flip, precision=precision,
+            fusion=fusion,
         )
         if model is None and self.recipe.multi_scale == "hierarchical" and self.recipe.scales != (1.0,):
             raise ValueError("hierarchical multi-scale needs the model itself; use multi_scale='average' with a backend")
@@ -135,6 +137,7 @@ class Predictor:
         scales: Sequence[float] | None = None,
         multi_scale: str = "hierarchical",
         flip: bool = False,
+        fusion: str = "softmax",
     ) -> Predictor:
         """Load a native checkpoint (``.safetensors`` + sidecar ``.json``) or a run directory's best checkpoint.
 
@@ -145,6 +148,7 @@ class Predictor:
             scales: test scales; None keeps the model's own (`eval_scales` of MscaleOCR, else 1.0).
             multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
             flip: add flipped passes.
+            fusion: ``"softmax"`` or ``"logits"`` averaging of the passes.
         """
         from attnseg.weights import load_model
 
@@ -154,7 +158,8 @@ class Predictor:
             scales = tuple(getattr(model, "eval_scales", (1.0,))) if multi_scale == "hierarchical" else (1.0,)
         return cls(
             model, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
-            device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, model=model,
+            device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, fusion=fusion,
+            model=model,
         )  # fmt: skip
 
     @classmethod
