@@ -5,6 +5,7 @@ Public API:
     SegmentationOutput             -- the named output every model returns
     load_weights, load_pretrained  -- load NVIDIA / PaddleSeg / semseg / native checkpoints (`attnseg.weights`)
     save_checkpoint, load_model    -- native .safetensors + .json sidecar checkpoints (`attnseg.weights`)
+    Predictor                      -- checkpoint -> image segmenter (`attnseg.inference.predictor`, imported lazily)
 """
 
 from attnseg.models import SegmentationOutput, create_model, list_models
@@ -14,3 +15,13 @@ __version__ = "0.1.0"
 
 __all__ = ["SegmentationOutput", "create_model", "list_models", "__version__"]
 __all__ += ["LoadReport", "load_model", "load_pretrained", "load_weights", "save_checkpoint"]
+__all__ += ["Predictor"]
+
+
+def __getattr__(name: str):
+    # Predictor pulls in OpenCV and the inference stack; import it only when asked for.
+    if name == "Predictor":
+        from attnseg.inference.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'attnseg' has no attribute {name!r}")
