@@ -248,3 +248,14 @@ def test_cli_score_reports_bad_input_without_traceback(dataset, tmp_path, capsys
     assert main(["score", "--gt", str(root), "--pred", str(tmp_path / "empty")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("attnseg score: error: no prediction for") and "Traceback" not in error
+
+
+def test_pair_counts_histogram_and_bincount_paths_agree(monkeypatch):
+    rng = np.random.default_rng(1)
+    label_ids = rng.integers(0, 34, (37, 53)).astype(np.uint8)
+    prediction = rng.integers(0, 34, (37, 53)).astype(np.uint16)  # 16-bit prediction PNGs are allowed
+    expected = np.zeros((34, 34), np.int64)
+    np.add.at(expected, (label_ids.ravel(), prediction.ravel()), 1)
+    np.testing.assert_array_equal(cityscapes._pair_counts(label_ids, prediction, 34), expected)
+    monkeypatch.setattr(cityscapes, "_FLOAT32_EXACT_COUNT", 0)  # images too large for float32 counts
+    np.testing.assert_array_equal(cityscapes._pair_counts(label_ids, prediction, 34), expected)

@@ -1,7 +1,7 @@
 """The official Cityscapes pixel-level benchmark scores (IoU and instance-weighted iIoU, per class and per category).
 
 Computes what cityscapesscripts' ``evalPixelLevelSemanticLabeling`` computes, on the same files, with the same
-result keys, but vectorised: one ``bincount`` per image for the 34 x 34 labelId confusion matrix and one weighted
+result keys, but vectorised: one 2-D histogram per image for the 34 x 34 labelId confusion matrix and one weighted
 ``bincount`` over instance ids for all instances at once, instead of a Python loop with a full-image mask per
 instance; files are decoded in a thread pool (PNG decoding releases the GIL).
 
@@ -57,6 +57,7 @@ AVERAGE_INSTANCE_SIZES: dict[str, float] = {
 GT_LABEL_SUFFIX = "_gtFine_labelIds.png"
 GT_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 INSTANCE_ID_DIVISOR = 1000  # instanceIds values above this are labelId * 1000 + instance number
+_FLOAT32_EXACT_COUNT = 2**24  # OpenCV histograms count in float32, exact up to here
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,24 @@ class ImageStats:
         return self
 
 
+def _pair_counts(label_ids: np.ndarray, prediction: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) int64 counts of (label, prediction) pixel pairs; both hold values below n."""
+    if label_ids.size < _FLOAT32_EXACT_COUNT:
+        # OpenCV's 2-D histogram of two uint8 images is ~4x faster than numpy's bincount of pair codes (which
+        # widens to intp and scans for the range) and releases the GIL; float32 counts are exact below 2**24.
+        histogram = cv2.calcHist(
+            [label_ids.astype(np.uint8, copy=False), prediction.astype(np.uint8, copy=False)],
+            [0, 1], None, [n, n], [0, n, 0, n],
+        )  # fmt: skip
+        return histogram.astype(np.int64)
+    codes = label_ids.astype(np.intp) * n + prediction
+    return np.bincount(codes.ravel(), minlength=n * n).reshape(n, n).astype(np.int64)
+
+
 def image_stats(prediction: np.ndarray, label_ids: np.ndarray, instance_ids: np.ndarray | None) -> ImageStats:
     """Benchmark statistics of one image from its arrays (all (H, W), labelIds, values already validated)."""
     n = TABLES.num_ids
-    encoded = label_ids.astype(np.intp, copy=False) * n + prediction
-    stats = ImageStats(confusion=np.bincount(encoded.ravel(), minlength=n * n).reshape(n, n).astype(np.int64))
+    stats = ImageStats(confusion=_pair_counts(label_ids, prediction, n))
     if instance_ids is None:
         return stats
 
