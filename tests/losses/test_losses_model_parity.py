@@ -5,8 +5,6 @@ terms with the converted Paddle checkpoint (as run, with the label mutation, and
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import parity
 import pytest

@@ -70,7 +70,9 @@ def test_rmi_total_bce_only_and_gradient(inputs, golden):
     assert_scalar_close(RMILoss(19)(*inputs, do_rmi=False), golden["loss_rmi_bce_only"], "do_rmi override")
 
     grad = logits.grad
-    parity.assert_close_to_golden(grad[..., ::2, ::2], golden["loss_rmi_grad_sub2"], rel=1e-3, name="loss_rmi_grad_sub2")
+    parity.assert_close_to_golden(
+        grad[..., ::2, ::2], golden["loss_rmi_grad_sub2"], rel=1e-3, name="loss_rmi_grad_sub2"
+    )
     parity.assert_close_to_golden(
         grad.double().sum(dim=(2, 3)), golden["loss_rmi_grad_chansum"], rel=1e-5, name="loss_rmi_grad_chansum"
     )

@@ -222,7 +222,8 @@ def paddle_cityscapes_sota_criterion(
         if dice == "2021":
             dice_loss: nn.Module = LegacyDiceLoss(ignore_index=ignore_index)
         else:
-            dice_loss = DiceLoss(ignore_index=ignore_index, overwrite_ignored_labels=reproduce_label_mutation and index == 0)
+            mutate = reproduce_label_mutation and index == 0  # later terms then see the overwritten labels
+            dice_loss = DiceLoss(ignore_index=ignore_index, overwrite_ignored_labels=mutate)
         terms.append(LossTerm(field_name, dice_loss, weight, f"dice_{suffix}"))
     for suffix, field_name, weight in outputs:
         bce = BootstrappedCrossEntropyLoss(min_K, loss_th, ignore_index=ignore_index)

@@ -142,7 +142,9 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
             return total
 
 
-def one_hot_with_ignore_channel(labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def one_hot_with_ignore_channel(
+    labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Hard labels (N, H, W) -> float target (N, K + 1, H, W); ignored pixels go to the extra last channel.
 
     This is the layout of NVIDIA's relaxed-boundary targets with no boundary relaxation applied.
