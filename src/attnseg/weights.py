@@ -481,6 +481,22 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _sidecar_text(data: dict[str, Any]) -> str:
+    """Indented JSON with one palette colour per line (instead of one number per line)."""
+    rows = data["palette"]
+    placeholders = {f"@palette-row-{i}@": json.dumps(row) for i, row in enumerate(rows)}
+    text = json.dumps({**data, "palette": list(placeholders)}, indent=2)
+    for placeholder, row in placeholders.items():
+        text = text.replace(f'"{placeholder}"', row)
+    return text + "\n"
+
+
 def _atomic_write(target: Path, write) -> None:
     """Write through a temporary file in the target's folder, then rename: readers never see a partial file."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -488,6 +504,7 @@ def _atomic_write(target: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual file permissions
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -558,7 +575,7 @@ def save_checkpoint(
         attnseg_version=attnseg.__version__,
         extra=dict(extra or {}),
     )
-    text = json.dumps(sidecar.to_json_dict(weights_path.name), indent=2) + "\n"
+    text = _sidecar_text(sidecar.to_json_dict(weights_path.name))
     # safetensors refuses tensors that share memory; a contiguous CPU copy of each entry is always accepted.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", "attnseg_model": model_name, "attnseg_sidecar": sidecar_path.name}

@@ -1,0 +1,176 @@
+"""`attnseg convert-weights SRC OUT`: turn a released checkpoint into a native attnseg checkpoint.
+
+Reads an NVIDIA ``.pth``, PaddleSeg ``.pdparams`` or semseg ``.pth`` (without running code from it), remaps it onto
+the matching attnseg model, loads it strictly and writes ``OUT.safetensors`` + ``OUT.json`` (model name, class
+names, palette and the preprocessing the source was trained with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnseg.errors import WeightsError
+from attnseg.weights import SOURCES, convert_state_dict, detect_source, load_state_dict_report, paddle_family
+from attnseg.weights import read_checkpoint_file, save_checkpoint
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # (0.485, 0.456, 0.406) x 255, RGB
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)  # (0.229, 0.224, 0.225) x 255
+HALF_255 = (127.5, 127.5, 127.5)  # PaddleSeg's default Normalize(mean=0.5, std=0.5)
+
+# Input normalisation of each release, as its configs set it (all read images as RGB in 0-255 and divide by 255
+# before normalising, except semseg, which states mean/std in 0-255 directly):
+# - NVIDIA/semantic-segmentation: ImageNet statistics (config.py DATASET.MEAN/STD).
+# - PaddleSeg CityscapesSOTA: ImageNet statistics (configs/mscale_ocr_cityscapes_autolabel_mapillary*.yml, explicit
+#   Normalize mean/std) - not PaddleSeg's 0.5/0.5 default.
+# - PSANet_paddle: PaddleSeg's default Normalize (configs/_base_/cityscapes.yml sets no mean/std): 0.5 / 0.5.
+# - hszhao/semseg: ImageNet statistics x 255.
+PREPROCESSING = {
+    ("nvidia", "mscale_ocr"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
+    ("paddle", "mscale_ocr"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
+    ("paddle", "psanet"): (HALF_255, HALF_255),
+    ("semseg", "psanet"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
+}
+
+REFERENCES = {
+    ("nvidia", "mscale_ocr"): "NVIDIA/semantic-segmentation ocrnet.HRNet_Mscale",
+    ("paddle", "mscale_ocr"): "PaddleSeg contrib/CityscapesSOTA MscaleOCRNet (HRNet_W48_NV)",
+    ("paddle", "psanet"): "justld/PSANet_paddle PSANet (ResNet50_vd OS8)",
+    ("semseg", "psanet"): "hszhao/semseg PSANet",
+}
+
+_HRNET_VARIANT_BY_WIDTH = {48: "w48", 32: "w32", 18: "w18"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert-weights",
+        help="convert an NVIDIA / PaddleSeg / semseg checkpoint into a native .safetensors + .json checkpoint",
+        description="Read a released checkpoint safely, remap it onto the matching attnseg model (strict load) and "
+        "write OUT.safetensors plus the OUT.json sidecar (model, classes, palette, preprocessing).",
+    )
+    parser.add_argument("src", type=Path, help="source checkpoint (.pth, .pdparams, .safetensors)")
+    parser.add_argument("out", type=Path, help="output base name; writes OUT.safetensors and OUT.json")
+    parser.add_argument(
+        "--from", dest="source", default="auto", choices=("auto", *SOURCES),
+        help="layout of SRC (default: detected from its keys)",
+    )  # fmt: skip
+    parser.add_argument("--model", help="attnseg model name (default: inferred from the checkpoint layout)")
+    parser.add_argument("--num-classes", type=int, help="classes of the checkpoint (default: from its classifier)")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="override input mean (0-255)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="override input std (0-255)")
+    parser.set_defaults(func=run)
+
+
+def model_family(state: dict, source: str) -> str:
+    """``"mscale_ocr"`` or ``"psanet"`` for a source state dict (as read from the file)."""
+    if source == "paddle":
+        return paddle_family(state)
+    if source in ("semseg",):
+        return "psanet"
+    if source == "nvidia":
+        return "mscale_ocr"
+    keys = [str(k).removeprefix("module.") for k in state]
+    return "mscale_ocr" if any(k.startswith("ocr.") for k in keys) else "psanet"
+
+
+def infer_model(state: dict, converted: dict[str, torch.Tensor], source: str, family: str) -> tuple[str, dict]:
+    """Builder name and keyword arguments (besides ``num_classes``) that fit a converted checkpoint."""
+    if family == "psanet":
+        if source == "semseg":
+            from attnseg.models.psanet import semseg_psanet_build_args
+
+            name, kwargs = semseg_psanet_build_args(state)
+            kwargs.pop("num_classes", None)
+            return name, {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        if source == "paddle":
+            return "psanet_r50_vd", {}
+        raise WeightsError("cannot tell which PSANet this native state dict belongs to; pass --model")
+    branch_conv = converted.get("backbone.stage2.0.branches.0.0.conv1.weight")
+    width = None if branch_conv is None else int(branch_conv.shape[0])
+    variant = _HRNET_VARIANT_BY_WIDTH.get(width)
+    if "backbone.stage2.0.branches.0.2.conv1.weight" not in converted and width == 18:
+        variant = "w18_small"  # two blocks per branch instead of four
+    if variant is None:
+        raise WeightsError(f"HRNet branch width {width} matches no MscaleOCR builder; pass --model")
+    prefix = "mscale_ocr_hrnet_" if any(k.startswith("scale_attn.") for k in converted) else "ocr_hrnet_"
+    return prefix + variant, {}
+
+
+def infer_num_classes(converted: dict[str, torch.Tensor]) -> int:
+    for key in ("ocr.cls_head.weight", "head.classifier.weight"):
+        if key in converted:
+            return int(converted[key].shape[0])
+    raise WeightsError("no classifier found in the checkpoint; pass --num-classes")
+
+
+def class_metadata(num_classes: int) -> tuple[list[str], np.ndarray]:
+    """Cityscapes names and colours for 19 classes; numbered names and a fixed random palette otherwise."""
+    if num_classes == 19:
+        from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+        return list(CITYSCAPES_CLASSES), np.asarray(CITYSCAPES_PALETTE)
+    colors = np.random.default_rng(0).integers(0, 256, (num_classes, 3))
+    return [f"class_{i}" for i in range(num_classes)], colors
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnseg.models import create_model, list_models
+
+    state = read_checkpoint_file(args.src)
+    source = detect_source(state) if args.source == "auto" else args.source
+    if source == "hrnet_imagenet":
+        raise WeightsError(f"{args.src}: an ImageNet HRNet backbone is an initialisation, not a segmentation model; "
+                           "use it as the training config's pretrained weights")  # fmt: skip
+    family = model_family(state, source)
+    try:
+        converted = convert_state_dict(state, source)
+    except WeightsError as error:
+        raise WeightsError(f"{args.src}: {error}") from error
+
+    if args.model:
+        name, kwargs = args.model, {}
+    else:
+        name, kwargs = infer_model(state, converted, source, family)
+    if name not in list_models():
+        raise WeightsError(f"model {name!r} is not registered; available: {', '.join(list_models())}")
+    num_classes = args.num_classes or infer_num_classes(converted)
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    try:
+        report = load_state_dict_report(model, converted, path=str(args.src), source=source, strict=True)
+    except WeightsError as error:
+        raise WeightsError(f"{args.src} does not fit {name} with {num_classes} classes: {error}") from error
+
+    default_mean, default_std = PREPROCESSING.get((source, family), (IMAGENET_MEAN_255, IMAGENET_STD_255))
+    mean = list(args.mean) if args.mean else list(default_mean)
+    std = list(args.std) if args.std else list(default_std)
+    class_names, palette = class_metadata(num_classes)
+    extra = {
+        "converted_from": args.src.name,
+        "source_sha256": _sha256(args.src),
+        "source_layout": source,
+        "reference": REFERENCES.get((source, family), ""),
+    }
+    weights_path, sidecar_path = save_checkpoint(
+        args.out, model, name, kwargs, class_names, palette, mean, std, extra=extra
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"source      {args.src} ({source} layout, {REFERENCES.get((source, family), family)})")
+    print(f"model       {name} with {num_classes} classes, {parameters / 1e6:.2f} M parameters")
+    print(f"loaded      {len(report.loaded)}/{len(model.state_dict())} state-dict entries (strict)")
+    print(f"preprocess  RGB 0-255, mean {mean}, std {std}")
+    print(f"wrote       {weights_path}")
+    print(f"            {sidecar_path}")
+    return 0
