@@ -414,3 +414,10 @@ def test_build_criterion_from_config_entries():
         build_criterion([_TermConfig("feature_map", "dice")])
     with pytest.raises(ConfigError, match="unique"):
         build_criterion([_TermConfig("logits", "dice"), _TermConfig("logits", "dice")])
+
+
+@pytest.mark.parametrize("name", list(all_losses()))
+def test_uint8_labels_give_the_same_loss(name):
+    loss = all_losses()[name]
+    logits, labels = make_batch()
+    torch.testing.assert_close(loss(logits, labels.to(torch.uint8)), loss(logits, labels))
