@@ -19,7 +19,8 @@ def test_lookup_tables_follow_the_official_table():
 
 
 def test_names_palette_and_categories():
-    assert len(L.CITYSCAPES_CLASSES) == 19 and L.CITYSCAPES_CLASSES[0] == "road" and L.CITYSCAPES_CLASSES[-1] == "bicycle"
+    assert len(L.CITYSCAPES_CLASSES) == 19
+    assert L.CITYSCAPES_CLASSES[0] == "road" and L.CITYSCAPES_CLASSES[-1] == "bicycle"
     assert L.CITYSCAPES_PALETTE.shape == (19, 3) and L.CITYSCAPES_PALETTE.dtype == np.uint8
     assert tuple(L.CITYSCAPES_PALETTE[13]) == (0, 0, 142)  # car
     assert L.CITYSCAPES_CATEGORIES == ("flat", "construction", "object", "nature", "sky", "human", "vehicle")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             checks = dataset.validate("all" if args.all_values else "sample", sample_size=32, progress=True)
             found += len(dataset)
-            print(f"{split}: {len(dataset)} images, sizes checked: {checks['sizes']}, values checked: {checks['values']}")
+            print(f"{split}: {len(dataset)} images, sizes checked: {checks['sizes']}, "
+                  f"values checked: {checks['values']}")
         print(f"Mapillary Vistas at {args.root}: {found} labelled images, ready (no conversion needed)")
     return 0

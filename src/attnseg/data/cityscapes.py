@@ -1,15 +1,11 @@
 """Cityscapes in its download layout: fine, coarse and NVIDIA's autolabelled coarse labels.
 
-========== ===================================================== ==============================================
-mode       images                                                labels (first found wins)
-========== ===================================================== ==============================================
-fine       ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``       ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``,
-                                                                 else ``*_gtFine_labelIds.png`` (mapped on the fly)
-coarse     same, or for split ``train_extra``                    ``gtCoarse/<split>/<city>/*_gtCoarse_labelTrainIds.png``,
-           ``leftImg8bit_trainextra/leftImg8bit/train_extra/``    else ``*_gtCoarse_labelIds.png``
-autolabel  ``leftImg8bit_trainextra/leftImg8bit/train_extra/``    ``convert_autolabelled/<city>/*_leftImg8bit.png`` (trainIds),
-                                                                 else ``refinement_final[/train_extra]/<city>/`` (labelIds)
-========== ===================================================== ==============================================
+- fine: images ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``; labels
+  ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``, else ``*_gtFine_labelIds.png`` (mapped on the fly).
+- coarse: the same images, or for split ``train_extra`` ``leftImg8bit_trainextra/leftImg8bit/train_extra/``;
+  labels ``gtCoarse/<split>/<city>/*_gtCoarse_labelTrainIds.png``, else ``*_gtCoarse_labelIds.png``.
+- autolabelled: images of ``train_extra``; labels ``convert_autolabelled/<city>/*_leftImg8bit.png`` (trainIds),
+  else ``refinement_final[/train_extra]/<city>/*_leftImg8bit.png`` (labelIds, mapped on the fly).
 
 The ``test`` split has no public labels: its items carry ``label = None``.
 """

@@ -1,4 +1,4 @@
-"""The Cityscapes label table, read from cityscapesscripts so that ids, trainIds and colours never drift from the official one.
+"""The Cityscapes label table, read from cityscapesscripts so that ids, trainIds and colours match the official one.
 
 Three encodings appear in Cityscapes files:
 
@@ -75,7 +75,9 @@ TRAIN_ID_TO_ID = train_id_to_id
 
 #: The categories of the official category metrics, indexed by categoryId - 1 (category 0 "void" is not evaluated).
 CITYSCAPES_CATEGORIES: tuple[str, ...] = tuple(
-    dict.fromkeys(label.category for label in sorted(CITYSCAPES_LABELS, key=lambda x: x.categoryId) if label.categoryId > 0)
+    dict.fromkeys(
+        label.category for label in sorted(CITYSCAPES_LABELS, key=lambda x: x.categoryId) if label.categoryId > 0
+    )
 )
 #: (19,) int64: trainId -> index into `CITYSCAPES_CATEGORIES`.
 TRAIN_ID_TO_CATEGORY: np.ndarray = _readonly(np.array([label.categoryId - 1 for label in TRAIN_LABELS], dtype=np.int64))

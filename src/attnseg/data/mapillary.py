@@ -126,7 +126,8 @@ class MapillaryDataset(SegmentationFiles):
         if split == "test":
             samples = [Sample(p, None, "none", p.stem) for p in images]
         else:
-            label_dir = split_dir / "v1.2" / "labels" if (split_dir / "v1.2" / "labels").is_dir() else split_dir / "labels"
+            label_dir = split_dir / "v1.2" / "labels"
+            label_dir = label_dir if label_dir.is_dir() else split_dir / "labels"
             require_dir(label_dir, "Vistas labels (*.png)")
             for image in images:
                 label = label_dir / f"{image.stem}.png"
@@ -137,8 +138,10 @@ class MapillaryDataset(SegmentationFiles):
         self.root, self.split, self.classes = root, split, classes
         self.num_classes = len(CITYSCAPES_CLASSES) if classes == "cityscapes" else VISTAS_NUM_CLASSES
         self.class_names = CITYSCAPES_CLASSES if classes == "cityscapes" else VISTAS_CLASSES[:VISTAS_NUM_CLASSES]
-        self.lookup_tables = {"vistas": VISTAS_TO_CITYSCAPES if classes == "cityscapes" else VISTAS_NATIVE, "none": None}
+        table = VISTAS_TO_CITYSCAPES if classes == "cityscapes" else VISTAS_NATIVE
+        self.lookup_tables = {"vistas": table, "none": None}
         self.allowed_values = {"vistas": frozenset(range(len(VISTAS_CLASSES)))}
 
     def __repr__(self) -> str:
-        return f"MapillaryDataset(root={str(self.root)!r}, split={self.split!r}, classes={self.classes!r}, n={len(self)})"
+        root = str(self.root)
+        return f"MapillaryDataset(root={root!r}, split={self.split!r}, classes={self.classes!r}, n={len(self)})"

@@ -50,8 +50,8 @@ class PrepareSummary:
     def __str__(self) -> str:
         lines = [
             f"dataset root: {self.root}",
-            f"label files written: {self.written} ({self.from_json} from polygons, {self.from_label_ids} from labelIds),"
-            f" already up to date: {self.skipped}",
+            f"label files written: {self.written} ({self.from_json} from polygons, "
+            f"{self.from_label_ids} from labelIds), already up to date: {self.skipped}",
         ]
         lines += [f"{name}: {count} image/label pairs" for name, count in self.lists.items()]
         return "\n".join(lines)
@@ -63,7 +63,7 @@ class PrepareSummary:
 
 
 def load_annotation(json_path: str | Path) -> Annotation:
-    """Parse a Cityscapes polygon json with cityscapesscripts, raising `DatasetError` instead of exiting on bad input."""
+    """Parse a polygon json with cityscapesscripts, raising `DatasetError` (where it would exit) on bad input."""
     json_path = Path(json_path)
     try:
         annotation = Annotation()

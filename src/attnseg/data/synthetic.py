@@ -635,11 +635,11 @@ class SceneBuilder:
             return canvas.textured(grass, (x0, y0, x1, y1), 0.12, 0.18, 0.1, tint=0.15)
 
         if self.terrain_left:
-            self._add(self.background, "terrain", self._ground_quad(self.verge_left, self.walk_left, Z_NEAR, self.skyline_z),
-                      terrain)  # fmt: skip
+            quad = self._ground_quad(self.verge_left, self.walk_left, Z_NEAR, self.skyline_z)
+            self._add(self.background, "terrain", quad, terrain)
         if self.terrain_right:
-            self._add(self.background, "terrain", self._ground_quad(self.walk_right, self.verge_right, Z_NEAR, self.skyline_z),
-                      terrain)  # fmt: skip
+            quad = self._ground_quad(self.walk_right, self.verge_right, Z_NEAR, self.skyline_z)
+            self._add(self.background, "terrain", quad, terrain)
 
     # -- upright objects ---------------------------------------------------------------------------------------------
 
@@ -728,7 +728,8 @@ class SceneBuilder:
             elif kind == 2:  # warning: red-bordered triangle
                 tri = [(-size / 2, mount), (size / 2, mount), (0, mount + size)]
                 sprite.poly(tri, (200, 30, 35))
-                inner = [(-size * 0.33, mount + size * 0.1), (size * 0.33, mount + size * 0.1), (0, mount + size * 0.75)]
+                low = mount + size * 0.1
+                inner = [(-size * 0.33, low), (size * 0.33, low), (0, mount + size * 0.75)]
                 sprite.poly(inner, (240, 240, 235), shape=False)
             else:  # information: blue or yellow rectangle
                 color = (30, 70, 170) if rng.random() < 0.5 else (235, 190, 20)
@@ -1069,7 +1070,9 @@ def _label_table(shapes: Sequence[Shape]) -> np.ndarray:
     return table
 
 
-def _promote_hidden(shapes: list[Shape], index_map: np.ndarray, forced: set[str], min_pixels: int) -> list[Shape] | None:
+def _promote_hidden(
+    shapes: list[Shape], index_map: np.ndarray, forced: set[str], min_pixels: int
+) -> list[Shape] | None:
     """If a forced class ended up (almost) fully occluded, move its shapes to the top so it shows; None if all fine."""
     visible = np.bincount(_label_table(shapes)[index_map].ravel(), minlength=256)
     hidden = {name for name in forced if visible[LABELS_BY_NAME[name].id] < min_pixels}
@@ -1168,7 +1171,7 @@ def render_scene(
     annotation = _annotation_dict(shapes, width, height)
     label_ids = rasterize_annotation(annotation, "ids")
     if not np.array_equal(label_ids, _label_table(shapes)[index_map]):  # pragma: no cover - rasteriser mismatch
-        raise RuntimeError("object map and cityscapesscripts' label image disagree; the image would not match its labels")
+        raise RuntimeError("object map and cityscapesscripts' label image disagree")
     image = np.zeros((height, width, 3), dtype=np.float32)
     image[:] = (90, 90, 90)
     for k, shape in enumerate(shapes, start=1):
