@@ -1,4 +1,4 @@
-"""ConfusionMatrix and the derived metrics: PaddleSeg golden values, NVIDIA/torchvision formulas, the seeds' log lines."""
+"""ConfusionMatrix and derived metrics: PaddleSeg golden values, NVIDIA/torchvision formulas, the seeds' log lines."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The official Cityscapes pixel-level benchmark scores (IoU and instance-weighted iIoU, per class and per category).
 
 Computes what cityscapesscripts' ``evalPixelLevelSemanticLabeling`` computes, on the same files, with the same
-result keys, but vectorised: one 2-D histogram per image for the 34 x 34 labelId confusion matrix and one weighted
+result keys, but vectorised: one 2-D histogram per image for the 34 x 34 labelId confusion matrix and one
 ``bincount`` over instance ids for all instances at once, instead of a Python loop with a full-image mask per
 instance; files are decoded in a thread pool (PNG decoding releases the GIL).
 
