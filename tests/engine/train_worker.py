@@ -63,13 +63,13 @@ def criterion() -> SegmentationCriterion:
 
 
 def build(run_dir: str, *, iters: int, batch: int, save_interval: int = 0, data_cfg: DataConfig | None = None,
-          dropout: float = 0.1, sync_bn: bool = True, workers: int = 0, hook=None) -> Trainer:
+          dropout: float = 0.1, sync_bn: bool = True, workers: int = 0, hook=None, deterministic: bool = False) -> Trainer:
     rank, world = distributed.get_rank(), distributed.get_world_size()
     train_cfg = TrainConfig(iters=iters, batch_size=batch, lr=0.05, seed=3, save_interval=save_interval)
     data_cfg = data_cfg or DataConfig(crop_size=(16, 24), scale_range=(0.75, 1.25), color_jitter=0.2,
                                       num_workers=workers, class_uniform_fraction=0.5, class_uniform_tile=16,
                                       centroid_cache_dir=os.path.join(run_dir, "cache"))
-    seed_everything(train_cfg.seed, rank, deterministic=True)
+    seed_everything(train_cfg.seed, rank, deterministic=deterministic)
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every process
     model = TinySegNet(dropout=dropout)
     torch.manual_seed(train_cfg.seed + rank)
@@ -120,7 +120,8 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
 
     trainer = build(args.run_dir, iters=args.iters, batch=args.batch, save_interval=args.save_interval,
-                    dropout=args.dropout, workers=args.workers, hook=kill if args.kill_after else None)
+                    dropout=args.dropout, workers=args.workers, hook=kill if args.kill_after else None,
+                    deterministic=True)
     if args.resume:
         assert trainer.resume(), "nothing to resume"
     trainer.train()

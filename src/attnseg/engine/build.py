@@ -79,21 +79,19 @@ def build_train_datasets(data_cfg: DataConfig) -> tuple[Dataset, Dataset | None]
 
 
 def dataset_label_files(dataset: Any) -> list[str] | None:
-    """The label file of every item, when the dataset exposes them (for the centroid cache key)."""
-    for name in ("label_paths", "label_files"):
-        files = getattr(dataset, name, None)
-        if files is not None:
-            return [os.fspath(f) for f in files]
+    """The label file (or, for an unlabelled item, image file) of every item when the dataset lists its files
+    (`attnseg.data.base.SegmentationFiles.samples`), for the centroid cache key; None otherwise."""
     samples = getattr(dataset, "samples", None)
-    if samples is not None and len(samples) and hasattr(samples[0], "label_path"):
-        return [os.fspath(s.label_path) for s in samples]
-    return None
+    if samples is None or not len(samples) or not hasattr(samples[0], "image"):
+        return None
+    return [os.fspath(s.label if getattr(s, "label", None) is not None else s.image) for s in samples]
 
 
 def label_loader(dataset: Any):
     """A function index -> trainId label array, without decoding the image when the dataset allows it."""
-    if hasattr(dataset, "load_label"):
-        return dataset.load_label
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and hasattr(dataset, "load_label"):
+        return lambda index: dataset.load_label(samples[index])
     return lambda index: np.asarray(dataset[index]["label"])
 
 

@@ -212,7 +212,8 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(unwrap(self.model))
-        self._last_output = output
+        if self._writer is not None:  # kept only for the TensorBoard overlay
+            self._last_output = output.logits[:1].detach()
         return {name: float(value.detach()) for name, value in losses.items()}
 
     def _set_lr(self) -> None:
@@ -260,14 +261,17 @@ class Trainer:
             for name, value in means.items():
                 self._writer.add_scalar(f"train/{name}", value, self.iteration)
             self._writer.add_scalar("train/lr", lr, self.iteration)
-        if bar is None and self.progress:
+        if bar is None:  # no progress bar: the records are the console log
             print(json.dumps(record), flush=True)
 
     def evaluate(self, batch: dict[str, Any] | None = None) -> float:
         """Runs `evaluate_fn` on the evaluated weights (EMA when enabled); keeps the best as "best"."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)
-        metrics = self.evaluate_fn(model)
-        self.model.train()
+        model.eval()
+        try:
+            metrics = self.evaluate_fn(model)
+        finally:
+            self.model.train()
         miou = float(metrics["miou"] if isinstance(metrics, dict) else metrics.miou)
         improved = miou > self.best_miou
         if improved:
@@ -279,6 +283,8 @@ class Trainer:
             if accuracy is not None:
                 record["acc"] = float(accuracy)
             self._write_record(record)
+            if not self.progress:
+                print(json.dumps(record), flush=True)
             if self._writer is not None:
                 self._writer.add_scalar("eval/miou", miou, self.iteration)
                 self._add_overlay(batch)
@@ -379,15 +385,15 @@ class Trainer:
 
     def _add_overlay(self, batch: dict[str, Any] | None) -> None:
         """Image | prediction | label of the first sample of the latest training batch, as one picture."""
-        output = getattr(self, "_last_output", None)
-        if batch is None or output is None or self.palette is None:
+        logits = getattr(self, "_last_output", None)
+        if batch is None or logits is None or self.palette is None:
             return
         import numpy as np
 
         palette = np.asarray(self.palette, dtype=np.uint8)
         image = batch["image"][0].float()
         image = (image - image.min()) / (image.max() - image.min() + 1e-6)
-        prediction = output.logits[0].detach().float().argmax(0).cpu().numpy()
+        prediction = logits[0].float().argmax(0).cpu().numpy()
         label = batch["label"][0].cpu().numpy()
         colour = lambda ids: palette[np.clip(ids, 0, len(palette) - 1)] * (ids < len(palette))[..., None]  # noqa: E731
         picture = np.concatenate([(image.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8),
