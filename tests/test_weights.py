@@ -15,7 +15,7 @@ from parity import nvidia_reference_entries, paddle_reference_keys
 from torch import nn
 
 from attnseg.errors import WeightsError
-from attnseg.models import MODEL_BUILDERS
+from attnseg.models import MODEL_BUILDERS, create_model
 from attnseg.models.mscale.paddle import (
     convert_hrnet_imagenet_state_dict,
     convert_paddle_state_dict,
@@ -196,6 +196,9 @@ def test_detect_source_on_reference_layouts():
     imagenet = ["conv1.weight", "bn1.running_var", "transition1.0.0.weight", "stage4.2.fuse_layers.0.1.0.weight",
                 "incre_modules.0.0.conv1.weight", "classifier.weight"]  # fmt: skip
     assert detect_source(_keys_only(imagenet)) == "hrnet_imagenet"
+    for name in ("psanet_r18_narrow", "mscale_ocr_hrnet_w18_small"):  # our own layouts, as written by save_checkpoint
+        with torch.device("meta"):
+            assert detect_source(create_model(name).state_dict()) == "native", name
 
 
 def test_paddle_keys_map_one_to_one_onto_the_nvidia_layout():
@@ -277,6 +280,25 @@ def test_load_weights_strict_and_pretrained_with_other_class_count(tmp_path, cap
     assert sorted(k for k, _, _ in report.shape_mismatches) == ["cls.bias", "cls.weight"]
     assert torch.equal(three.bn.running_var, source.bn.running_var)
     assert "shape mismatches" in capsys.readouterr().out
+
+
+def test_imagenet_hrnet_initialises_only_the_backbone(tmp_path, capsys):
+    model = create_model("mscale_ocr_hrnet_w18_small", num_classes=19)
+    backbone = _randomised(create_model("mscale_ocr_hrnet_w18_small", num_classes=19)).backbone
+    imagenet = {key: value for key, value in backbone.state_dict().items()}
+    imagenet["classifier.weight"] = torch.ones(1000, 2048)  # the classification neck has no counterpart
+    imagenet["incre_modules.0.0.conv1.weight"] = torch.ones(32, 18, 1, 1)
+    path = tmp_path / "hrnet_w18_small_imagenet.pth"
+    torch.save(imagenet, path)
+
+    report = load_pretrained(model, path)
+
+    assert report.source == "hrnet_imagenet"
+    assert set(report.loaded) == {f"backbone.{key}" for key in backbone.state_dict()}
+    assert {key.split(".")[0] for key in report.missing} == {"ocr", "scale_attn"}
+    assert not report.unexpected and not report.shape_mismatches
+    assert torch.equal(model.backbone.conv1.weight, backbone.conv1.weight)
+    assert "missing from checkpoint" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, 
             from attnseg.models.mscale.paddle import convert_hrnet_imagenet_state_dict
 
             return convert_hrnet_imagenet_state_dict(_to_tensors(state_dict))
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise WeightsError(f"cannot convert {source} state dict: {message}") from error
     raise WeightsError(f"unknown weights source {source!r}; expected one of {', '.join(SOURCES)} or 'auto'")
