@@ -89,7 +89,8 @@ class _CallsEval:
 def test_pdparams_with_os_system_is_refused_and_never_runs(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pdparams"
-    path.write_bytes(pickle.dumps({"conv.weight": np.zeros(3, np.float32), "x": _RunsCommand(marker)}, protocol=protocol))
+    content = {"conv.weight": np.zeros(3, np.float32), "x": _RunsCommand(marker)}
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
     with pytest.raises(WeightsError) as info:
         read_checkpoint_file(path)
     message = str(info.value)

@@ -310,7 +310,8 @@ class LoadReport:
                 if len(items) > max_keys:
                     lines.append(f"    ... and {len(items) - max_keys} more")
 
-        listing("shape mismatches, skipped", [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.shape_mismatches])
+        mismatches = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.shape_mismatches]
+        listing("shape mismatches, skipped", mismatches)
         listing("missing from checkpoint", _collapse_keys(self.missing))
         listing("unexpected in checkpoint", _collapse_keys(self.unexpected))
         return "\n".join(lines)
@@ -337,7 +338,12 @@ def _resolve_source(state_dict: Mapping[str, Any], model: nn.Module, source: str
 
 
 def load_state_dict_report(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, path: str = "", source: str = "native", strict: bool = True
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    path: str = "",
+    source: str = "native",
+    strict: bool = True,
 ) -> LoadReport:
     """Load an already converted state dict; the loading step shared by `load_weights` and `load_pretrained`.
 
@@ -385,7 +391,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto"
         raise WeightsError(f"{path}: {error}") from error
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, source: str = "auto", verbose: bool = True) -> LoadReport:
+def load_pretrained(
+    model: nn.Module, path: str | os.PathLike, source: str = "auto", verbose: bool = True
+) -> LoadReport:
     """Initialise ``model`` from a checkpoint trained for another task or class count.
 
     Loads every entry whose name and shape match (e.g. a Mapillary-trained classifier with 65 classes is
@@ -442,7 +450,12 @@ class CheckpointSidecar:
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "palette": self.palette,
-            "preprocessing": {"mean": self.mean, "std": self.std, "value_range": [0, 255], "channel_order": self.channel_order},
+            "preprocessing": {
+                "mean": self.mean,
+                "std": self.std,
+                "value_range": [0, 255],
+                "channel_order": self.channel_order,
+            },
             "weights": weights_file,
             "extra": self.extra,
         }
@@ -588,7 +601,9 @@ def read_sidecar(path: str | os.PathLike) -> CheckpointSidecar:
     """The `CheckpointSidecar` of a native checkpoint (``path``: base name, ``.json`` or ``.safetensors``)."""
     _, sidecar_path = checkpoint_paths(path)
     if not sidecar_path.is_file():
-        raise WeightsError(f"{sidecar_path}: checkpoint sidecar not found (native checkpoints are a .safetensors + .json pair)")
+        raise WeightsError(
+            f"{sidecar_path}: checkpoint sidecar not found (native checkpoints are a .safetensors + .json pair)"
+        )
     try:
         data = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -596,7 +611,9 @@ def read_sidecar(path: str | os.PathLike) -> CheckpointSidecar:
     return CheckpointSidecar.from_json_dict(data, sidecar_path)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, CheckpointSidecar]:
+def load_model(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[nn.Module, CheckpointSidecar]:
     """Rebuild a model saved with `save_checkpoint`, in eval mode.
 
     Args:

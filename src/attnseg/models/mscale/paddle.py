@@ -86,7 +86,9 @@ _PADDLE_MSCALE_RULES: tuple[_Rule, ...] = tuple(
         # Stage 1 bottlenecks: la1.bb_layer2_<b>.conv<n> and the projection shortcut conv_down.
         (
             _HRNET + r"la1\.bb_layer2_(?P<b>\d+)\.conv(?P<n>[123])",
-            lambda m: _convbn(f"backbone.layer1.{int(m['b']) - 1}.conv{m['n']}", f"backbone.layer1.{int(m['b']) - 1}.bn{m['n']}"),
+            lambda m: _convbn(
+                f"backbone.layer1.{int(m['b']) - 1}.conv{m['n']}", f"backbone.layer1.{int(m['b']) - 1}.bn{m['n']}"
+            ),
         ),
         (
             _HRNET + r"la1\.bb_layer2_(?P<b>\d+)\.conv_down",
@@ -132,7 +134,10 @@ _PADDLE_MSCALE_RULES: tuple[_Rule, ...] = tuple(
         (_HEAD + r"aux_head\.0", lambda m: _convbn("ocr.aux_head.0", "ocr.aux_head.1.0")),
         (_HEAD + r"aux_head\.1", lambda m: _conv("ocr.aux_head.2")),
         # Scale-attention head: ConvBNReLU, ConvBNReLU, Conv2D (no bias), Sigmoid.
-        (r"scale_attn\.atten_head\.(?P<n>[01])", lambda m: _convbn(f"scale_attn.conv{m['n']}", f"scale_attn.bn{m['n']}")),
+        (
+            r"scale_attn\.atten_head\.(?P<n>[01])",
+            lambda m: _convbn(f"scale_attn.conv{m['n']}", f"scale_attn.bn{m['n']}"),
+        ),
         (r"scale_attn\.atten_head\.2", lambda m: _conv("scale_attn.conv2")),
     )
 )
@@ -252,7 +257,8 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, object]) -> dict[str, t
 # stage 4; its classification neck (incre_modules, downsamp_modules, final_layer, classifier) has no
 # counterpart and is dropped, as NVIDIA's init_weights drops every key its model does not have.
 _HRNET_BACKBONE_ROOTS = frozenset(
-    {"conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3", "stage2", "stage3", "stage4"}
+    {"conv1", "bn1", "conv2", "bn2", "layer1"}
+    | {"transition1", "transition2", "transition3", "stage2", "stage3", "stage4"}
 )
 
 
