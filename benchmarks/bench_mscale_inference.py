@@ -67,7 +67,8 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     gib = 1024**3
     print(f"{args.model}, input 1x3x{args.height}x{args.width}, {'bf16 autocast' if args.bf16 else 'fp32'}, "
           f"{args.threads} threads, median of {args.runs} run(s) after {args.warmup} warm-up")  # fmt: skip
-    header = f"{'case':<8} {'scales':<16} {'median s':>9} {'min s':>8} {'x single':>9} {'peak RSS GiB':>13} {'+act GiB':>9}"
+    columns = ("median s", 9), ("min s", 8), ("x single", 9), ("peak RSS GiB", 13), ("+act GiB", 9)
+    header = f"{'case':<8} {'scales':<16} " + " ".join(f"{name:>{width}}" for name, width in columns)
     print(header)
     print("-" * len(header))
     reference = next((statistics.median(r["times"]) for r in results if r["case"] == "single"), None)
