@@ -1,0 +1,30 @@
+"""Deployment: ONNX / OpenVINO export with a pre-processing sidecar, and inference backends with one interface.
+
+- `export_onnx`, `read_export_sidecar` (`attnseg.export.onnx`)
+- `export_openvino`, `compile_openvino` (`attnseg.export.openvino`; needs the optional `openvino` package)
+- `TorchBackend`, `OnnxRuntimeBackend`, `OpenVinoBackend`, `load_backend` (`attnseg.export.runtime`)
+"""
+
+from attnseg.export.onnx import ExportError, ExportSidecar, ExportWrapper, export_onnx, read_export_sidecar
+from attnseg.export.runtime import (
+    Backend,
+    OnnxRuntimeBackend,
+    OpenVinoBackend,
+    TorchBackend,
+    load_backend,
+    predictor_from_export,
+)
+
+__all__ = [
+    "Backend",
+    "ExportError",
+    "ExportSidecar",
+    "ExportWrapper",
+    "OnnxRuntimeBackend",
+    "OpenVinoBackend",
+    "TorchBackend",
+    "export_onnx",
+    "load_backend",
+    "predictor_from_export",
+    "read_export_sidecar",
+]
