@@ -57,6 +57,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model precision (bf16 autocast)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+        help="torch: a checkpoint; onnxruntime/openvino: a file from `attnseg export` (its scales are in the graph)",
+    )  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (first batch compiles)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,7 +159,17 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"eval options: {error}") from None
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, mean, std, class_names, palette, description = load_eval_model(args.weights, config.model, device)
+    if getattr(args, "backend", "torch") != "torch":
+        from attnseg.export.runtime import eval_backend_model
+
+        model, mean, std, class_names, palette, description, eval_cfg = eval_backend_model(args, eval_cfg)
+        device = torch.device("cpu")
+    else:
+        model, mean, std, class_names, palette, description = load_eval_model(args.weights, config.model, device)
+        if getattr(args, "compile", False) or (eval_cfg.precision == "bf16" and device.type == "cpu"):
+            from attnseg.export.runtime import prepare_fast_model
+
+            prepare_fast_model(model, channels_last=eval_cfg.precision == "bf16", compile=args.compile)
     data_cfg = config.data
     if mean is not None:  # a native checkpoint knows how it was trained to be fed
         data_cfg = dataclasses.replace(data_cfg, mean=tuple(mean), std=tuple(std))

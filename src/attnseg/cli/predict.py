@@ -139,10 +139,20 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.inference.predictor import Predictor
 
     items, problems = collect_inputs(args.inputs)
-    predictor = Predictor.from_weights(
-        args.weights, device=args.device, precision=args.precision or "fp32", scales=args.scales,
-        multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip), fusion=args.fusion or "softmax",
-    )  # fmt: skip
+    if getattr(args, "backend", "torch") != "torch":
+        from attnseg.export.runtime import predictor_from_export
+
+        predictor = predictor_from_export(args.weights, args.backend, precision=args.precision, scales=args.scales,
+                                          multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip))
+    else:
+        predictor = Predictor.from_weights(
+            args.weights, device=args.device, precision=args.precision or "fp32", scales=args.scales,
+            multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip), fusion=args.fusion or "softmax",
+        )  # fmt: skip
+        if getattr(args, "compile", False) or (args.precision == "bf16" and predictor.device.type == "cpu"):
+            from attnseg.export.runtime import prepare_fast_model
+
+            prepare_fast_model(predictor.model, channels_last=args.precision == "bf16", compile=args.compile)
     for problem in problems:
         print(f"attnseg predict: skipped {problem}", file=sys.stderr)
     done = 0

@@ -160,10 +160,17 @@ class ExportConfig:
     """Export for deployment."""
 
     format: Literal["onnx", "openvino"] = "onnx"
+    # (N, C, H, W) the graph is made for. A static export traces at this size (1024x2048 takes 15-19 GB of RAM);
+    # with `dynamic` the graph is traced small with symbolic batch/height/width and this is only the typical shape.
     input_shape: tuple[int, int, int, int] = (1, 3, 1024, 2048)
     dynamic: bool = False
+    # "argmax" = uint8 class ids (N, H, W); "logits" / "softmax" = (N, K, H, W) float32.
     output: Literal["logits", "softmax", "argmax"] = "argmax"
     opset: int = 17
+    # Scales fused inside the graph (MscaleOCR hierarchical attention); None = the model's eval_scales.
+    scales: tuple[float, ...] | None = None
+    # OpenVINO inference precision hint recorded in the sidecar (OpenVINO picks bf16 on AMX CPUs unless told).
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)

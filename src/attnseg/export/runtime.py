@@ -334,3 +334,25 @@ class BackendModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.backend.scores(images.detach().float().cpu().numpy())).to(images.device)
+
+
+def eval_backend_model(args: Any, eval_cfg: Any) -> tuple:
+    """What `attnseg eval --backend onnxruntime|openvino` evaluates: ``(module, mean, std, class_names, palette,
+    description, eval_cfg)``; the eval config's in-model scales are replaced by the exported graph's (1.0 outside).
+
+    Raises:
+        AttnsegError: sliding-window/hierarchical options that an exported graph cannot honour.
+    """
+    import dataclasses
+
+    runtime = load_backend(args.weights, args.backend, precision=args.precision, compile=bool(args.compile))
+    sidecar = runtime.sidecar
+    if eval_cfg.multi_scale == "hierarchical":
+        if args.scales is not None:
+            check_scales_fit(sidecar, args.scales, args.weights)
+        eval_cfg = dataclasses.replace(eval_cfg, scales=(1.0,))
+    # The backend computes in its own precision; autocast around it would do nothing.
+    eval_cfg = dataclasses.replace(eval_cfg, precision="fp32")
+    description = f"{args.weights} ({sidecar.model}, {runtime.name}, in-graph scales {sidecar.scales})"
+    return (BackendModule(runtime), sidecar.mean, sidecar.std, sidecar.class_names, sidecar.palette, description,
+            eval_cfg)  # fmt: skip
