@@ -1,0 +1,89 @@
+"""Training-step time and peak memory of MscaleOCR (two-scale training) on this CPU, fp32 vs bf16 autocast.
+
+One step = forward at scales 0.5 and 1.0, the NVIDIA loss layout (CE version: aux 0.4, joint 1.0, 0.5x and 1.0x
+0.05 each), backward, SGD step. Prints medians over --repeats steps (after --warmup) and the bf16/fp32 ratio,
+all measured in this one run. Peak memory is the process's peak resident set size (ru_maxrss) after each
+precision's runs, so run one precision per process (--precision) when the absolute peak matters.
+
+    python benchmarks/bench_train_step.py                        # full size: w48, 512x1024, batch 1
+    python benchmarks/bench_train_step.py --model mscale_ocr_hrnet_w18_small --height 128 --width 256  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from attnseg.engine.trainer import autocast_context
+from attnseg.losses import CrossEntropyLoss, LossTerm, SegmentationCriterion
+from attnseg.models import create_model
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def criterion() -> SegmentationCriterion:
+    return SegmentationCriterion([
+        LossTerm("aux_logits", CrossEntropyLoss(), 0.4, "aux_joint"),
+        LossTerm("logits", CrossEntropyLoss(), 1.0, "main_joint"),
+        LossTerm("scale_logits[0.5]", CrossEntropyLoss(), 0.05, "lo_0.5x"),
+        LossTerm("scale_logits[1.0]", CrossEntropyLoss(), 0.05, "hi_1.0x"),
+    ])
+
+
+def measure(model_name: str, precision: str, height: int, width: int, batch: int, warmup: int, repeats: int):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=19).train()
+    loss_fn = criterion()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    images = torch.randn(batch, 3, height, width)
+    labels = torch.randint(0, 19, (batch, height, width))
+    device = torch.device("cpu")
+    times = []
+    for step in range(warmup + repeats):
+        start = time.perf_counter()
+        with autocast_context(device, precision):
+            output = model(images)
+        loss = loss_fn(output, labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        elapsed = time.perf_counter() - start
+        if step >= warmup:
+            times.append(elapsed)
+        print(f"  {precision} step {step}: {elapsed:.2f} s (loss {loss.item():.3f})", file=sys.stderr, flush=True)
+    return statistics.median(times), peak_rss_gib()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mscale_ocr_hrnet_w48")
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    results = {p: measure(args.model, p, args.height, args.width, args.batch, args.warmup, args.repeats)
+               for p in precisions}
+    print(f"\n{args.model}, crop {args.height}x{args.width}, batch {args.batch}, {args.threads} threads, "
+          f"median of {args.repeats} steps (torch {torch.__version__})")
+    print(f"{'precision':<10} {'step (s)':>10} {'img/s':>8} {'peak RSS (GiB)':>15} {'speed-up':>9}")
+    base = results.get("fp32", next(iter(results.values())))[0]
+    for precision, (median, peak) in results.items():
+        print(f"{precision:<10} {median:>10.2f} {args.batch / median:>8.3f} {peak:>15.2f} {base / median:>8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
