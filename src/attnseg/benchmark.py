@@ -1,0 +1,550 @@
+"""CPU inference benchmark: one model, one input size and scale list, several routes, ONE table.
+
+Routes (`ROUTES`): PyTorch fp32 eager (the reference), PyTorch bf16 autocast + channels-last, the same compiled
+with `torch.compile`, ONNX Runtime (fp32) and OpenVINO with an explicit fp32 / bf16 precision hint.
+
+How it measures (`run_benchmark`):
+
+- The model is saved once as a native checkpoint in a work folder (random weights, fixed seed, when a model name
+  is given), so every route runs exactly the same weights. ONNX/OpenVINO files are exported from it in a child
+  process (dynamic height/width, traced small: PERF_NOTES' recipe), with the scale list fused in the graph.
+- Every route runs in its own fresh child process (spawned), so one route's caches, allocator state and compiled
+  kernels cannot help or hurt another: load, warm-up runs (the first call also compiles for torch.compile and
+  OpenVINO: reported as "first s"), then `runs` timed calls of the forward (normalised array -> logits).
+- Peak memory: Linux's per-process resident high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs``
+  right after the model is loaded. "peak GB" is that high-water mark (weights + runtime + activations during
+  warm-up and timed runs); "+act GB" is it minus the resident size just before the reset (what inference adds on
+  top of the loaded model). Without a writable ``clear_refs`` the reset is skipped and the peak covers loading too.
+- Agreement: the labels (max over classes) of each route's last run, compared pixel by pixel with fp32 eager.
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward of the model on the ``meta`` device
+  (convolutions and matrix products; shape arithmetic only, nothing computed). The fp32 and bf16 matmul rates
+  of this machine are measured with square `torch.mm` at the same thread count; "TF/s" is FLOPs / median time and
+  "%bf16" its share of the measured bf16 matmul rate.
+- Memory target: the "+act" peak of the multi-scale forward against the largest scale's forward alone (the
+  input resized by that scale, single-scale model), in the same route.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROUTES: dict[str, dict[str, Any]] = {
+    "torch-fp32": {"backend": "torch", "precision": "fp32", "channels_last": False, "compile": False},
+    "torch-bf16": {"backend": "torch", "precision": "bf16", "channels_last": True, "compile": False},
+    "torch-compile": {"backend": "torch", "precision": "bf16", "channels_last": True, "compile": True},
+    "onnxruntime": {"backend": "onnxruntime", "precision": "fp32"},
+    "openvino-fp32": {"backend": "openvino", "precision": "fp32"},
+    "openvino-bf16": {"backend": "openvino", "precision": "bf16"},
+}
+REFERENCE_ROUTE = "torch-fp32"
+GB = 1024**3
+
+# Targets stated in the project brief (reported, never asserted).
+TARGET_SPEEDUP = 5.0
+TARGET_AGREEMENT = 0.995
+TARGET_MEMORY_RATIO = 1.2
+TARGET_BF16_SHARE = 0.40
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """What to benchmark.
+
+    Attributes:
+        model: registered model name (random weights) or a native checkpoint / run directory.
+        input_size: (H, W) of the image.
+        scales: scales fused inside the model (MscaleOCR); ``(1.0,)`` for others.
+        batch: images per call.
+        runs: timed calls per route.
+        warmup: untimed calls before them (at least 1 for compiling routes).
+        threads: CPU threads of every runtime.
+        seed: random weights and input.
+        slow_runs: timed calls for routes listed in `slow_routes` (e.g. 1 for fp32 eager at full size).
+        slow_routes: routes run `slow_runs` times with no warm-up beyond the first call.
+    """
+
+    model: str
+    input_size: tuple[int, int] = (1024, 2048)
+    scales: tuple[float, ...] = (1.0,)
+    batch: int = 1
+    runs: int = 3
+    warmup: int = 1
+    threads: int = 2
+    seed: int = 0
+    slow_runs: int | None = None
+    slow_routes: tuple[str, ...] = ()
+
+
+@dataclass
+class RouteResult:
+    """Measurements of one route (times in seconds, memory in bytes)."""
+
+    route: str
+    times: list[float] = field(default_factory=list)
+    first_call: float = 0.0
+    peak_bytes: int = 0
+    added_bytes: int = 0
+    agreement: float | None = None
+    error: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
+@dataclass
+class BenchmarkReport:
+    """Everything `format_report` prints."""
+
+    spec: BenchmarkSpec
+    model_name: str
+    flops: float
+    fp32_rate: float
+    bf16_rate: float
+    results: list[RouteResult]
+    export_seconds: float | None = None
+    memory_check: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------------------
+def speedup(reference_seconds: float, seconds: float) -> float:
+    """How many times faster than the reference (nan when either is missing)."""
+    if not (reference_seconds > 0 and seconds > 0):
+        return float("nan")
+    return reference_seconds / seconds
+
+
+def achieved_rate(flops: float, seconds: float) -> float:
+    """FLOP/s of `flops` done in `seconds` (nan for a missing time)."""
+    return flops / seconds if seconds > 0 else float("nan")
+
+
+def _read_status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_memory() -> bool:
+    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (0 where /proc is unavailable)."""
+    kb = _read_status_kb("VmRSS")
+    return 0 if kb is None else kb * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Resident high-water mark (``VmHWM``; falls back to ``ru_maxrss``)."""
+    kb = _read_status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb * 1024
+
+
+def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float:
+    """Measured FLOP/s of square `torch.mm` in ``"fp32"`` or ``"bf16"`` (best of repeated timings)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def count_flops(model_name: str, model_kwargs: dict[str, Any], num_classes: int, shape: Sequence[int],
+                scales: Sequence[float]) -> float:
+    """FLOPs of one eval forward (FlopCounterMode on the meta device: no memory, no arithmetic)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnseg.export.onnx import inference_scales
+    from attnseg.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    images = torch.empty(tuple(shape), device="meta")
+    with inference_scales(model, scales), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return float(counter.get_total_flops())
+
+
+def benchmark_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB synthetic street scene (realistic statistics for the activations)."""
+    from attnseg.data.synthetic import render_scene
+
+    return np.asarray(render_scene(np.random.default_rng(seed), height, width).image, dtype=np.uint8)
+
+
+def _calibration_size(size: Sequence[int]) -> tuple[int, int]:
+    height, width = size
+    factor = max(1, max(height, width) // 512)
+    return max(32, height // factor), max(32, width // factor)
+
+
+def calibrate_batchnorm(model: Any, image: np.ndarray) -> None:
+    """Set every BatchNorm's running statistics from one forward of `image` (ImageNet normalisation), then eval.
+
+    Random weights with identity BatchNorm statistics give nearly constant predictions (one class everywhere),
+    which would make the agreement column meaningless; calibrated statistics give varied, image-dependent labels.
+    """
+    import torch
+
+    from attnseg.config.schema import IMAGENET_MEAN, IMAGENET_STD
+    from attnseg.inference.preprocess import normalize_image
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(normalize_image(image, IMAGENET_MEAN, IMAGENET_STD)[None])
+    model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Child processes
+# ---------------------------------------------------------------------------------------------------------------
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: Sequence[float], threads: int,
+                   want_openvino: bool) -> dict[str, Any]:
+    from attnseg.export.onnx import export_onnx
+    from attnseg.weights import load_model
+
+    _set_threads(threads)
+    model, sidecar = load_model(checkpoint)
+    start = time.perf_counter()
+    onnx_path = Path(folder) / "model.onnx"
+    export_onnx(model, onnx_path, shape, dynamic=True, output="logits", scales=scales, sidecar=sidecar, verify=False)
+    result = {"onnx": str(onnx_path)}
+    if want_openvino:
+        from attnseg.export.openvino import export_openvino
+
+        result["openvino"] = str(Path(folder) / "model.xml")
+        export_openvino(onnx_path, result["openvino"])
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _route_worker(route: str, checkpoint: str, files: dict[str, str], images_path: str, labels_path: str,
+                  scales: Sequence[float], runs: int, warmup: int, threads: int) -> dict[str, Any]:
+    from attnseg.export.runtime import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+
+    _set_threads(threads)
+    options = ROUTES[route]
+    images = np.load(images_path)
+    if options["backend"] == "torch":
+        from attnseg.weights import load_model
+
+        model, sidecar = load_model(checkpoint)
+        backend = TorchBackend(model, options["precision"], options["channels_last"], options["compile"], scales,
+                               sidecar=sidecar)  # fmt: skip
+    elif options["backend"] == "onnxruntime":
+        backend = OnnxRuntimeBackend(files["onnx"], threads=threads)
+    else:
+        backend = OpenVinoBackend(files["openvino"], options["precision"], threads=threads)
+    baseline = current_rss_bytes()
+    reset = reset_peak_memory()
+    first_call = 0.0
+    logits = None
+    for index in range(max(warmup, 0)):
+        start = time.perf_counter()
+        logits = backend(images)
+        if index == 0:
+            first_call = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        logits = backend(images)
+        times.append(time.perf_counter() - start)
+    if warmup <= 0 and times:
+        first_call = times[0]
+    peak = peak_rss_bytes()
+    import torch
+
+    labels = torch.from_numpy(np.asarray(logits, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
+    np.save(labels_path, labels.max(dim=1).indices.to(torch.uint8).numpy())
+    return {"times": times, "first_call": first_call, "peak_bytes": peak,
+            "added_bytes": max(peak - baseline, 0) if reset else 0}  # fmt: skip
+
+
+def _child_main(function_name: str, kwargs: dict[str, Any], result_path: str) -> None:
+    try:
+        result = {"ok": globals()[function_name](**kwargs)}
+    except BaseException as error:  # report anything (including MemoryError) to the parent
+        result = {"error": f"{type(error).__name__}: {error}"}
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_in_child(function_name: str, timeout: float | None = None, **kwargs) -> dict[str, Any]:
+    """Run a module-level worker in a fresh spawned process; its return value, or ``{"error": message}``."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_path = handle.name
+    try:
+        process = context.Process(target=_child_main, args=(function_name, kwargs, result_path))
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            return {"error": f"timed out after {timeout} s"}
+        text = Path(result_path).read_text()
+        if not text:
+            return {"error": f"child exited with status {process.exitcode} (killed for memory?)"}
+        result = json.loads(text)
+        return result["ok"] if "ok" in result else result
+    finally:
+        Path(result_path).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------------------
+def _prepare_checkpoint(spec: BenchmarkSpec, folder: Path) -> tuple[str, Any]:
+    """Checkpoint path used by every child, and its sidecar."""
+    import torch
+
+    from attnseg.export.onnx import default_checkpoint_info
+    from attnseg.inference.predictor import resolve_weights
+    from attnseg.models import create_model, list_models
+    from attnseg.weights import read_sidecar, save_checkpoint
+
+    if spec.model in list_models() and not Path(spec.model).exists():
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.model)
+        calibrate_batchnorm(model, benchmark_image(*_calibration_size(spec.input_size), spec.seed + 1))
+        num_classes = int(getattr(model, "num_classes", 0) or 19)
+        info = default_checkpoint_info(num_classes)
+        base = folder / "weights"
+        save_checkpoint(base, model, spec.model, {}, info["class_names"], info["palette"], info["mean"], info["std"],
+                        extra={"note": "random weights for benchmarking"})  # fmt: skip
+        del model
+        return str(base), read_sidecar(base)
+    base = resolve_weights(spec.model)
+    return str(base), read_sidecar(base)
+
+
+def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: bool = True,
+                  memory_route: str | None = None, work_dir: str | os.PathLike | None = None,
+                  log=print) -> BenchmarkReport:
+    """Run every route of `routes` (names of `ROUTES`) on `spec`; see the module docstring for the method.
+
+    Args:
+        spec: model, size, scales, repetitions.
+        routes: route names, in table order; ``"torch-fp32"`` is the reference for speed-up and agreement.
+        memory_check: also measure the largest scale's forward alone (multi-scale specs only).
+        memory_route: route of the memory check (default: torch-fp32 if run, else the first route).
+        work_dir: where checkpoint, exports and labels go (default: a temporary folder, removed afterwards).
+        log: progress messages.
+    """
+    from attnseg.inference.preprocess import normalize_image
+
+    unknown = [r for r in routes if r not in ROUTES]
+    if unknown:
+        raise ValueError(f"unknown routes {unknown}; available: {', '.join(ROUTES)}")
+    owned = work_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="attnseg-bench-")) if owned else Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoint, sidecar = _prepare_checkpoint(spec, folder)
+        height, width = spec.input_size
+        shape = (spec.batch, 3, height, width)
+        image = benchmark_image(height, width, spec.seed)
+        images = normalize_image(image, sidecar.mean, sidecar.std)[None].repeat(spec.batch, 1, 1, 1).numpy()
+        np.save(folder / "images.npy", images)
+
+        log(f"counting FLOPs and measuring matmul rates ({spec.threads} threads)")
+        flops = count_flops(sidecar.model, sidecar.model_kwargs, sidecar.num_classes, shape, spec.scales)
+        fp32_rate = matmul_rate("fp32", threads=spec.threads)
+        bf16_rate = matmul_rate("bf16", threads=spec.threads)
+
+        files: dict[str, str] = {}
+        export_seconds = None
+        if any(ROUTES[r]["backend"] != "torch" for r in routes):
+            log("exporting ONNX" + (" + OpenVINO" if any(ROUTES[r]["backend"] == "openvino" for r in routes) else ""))
+            exported = run_in_child("_export_worker", checkpoint=checkpoint, folder=str(folder), shape=shape,
+                                    scales=spec.scales, threads=spec.threads,
+                                    want_openvino=any(ROUTES[r]["backend"] == "openvino" for r in routes))  # fmt: skip
+            if "error" in exported:
+                raise RuntimeError(f"export failed: {exported['error']}")
+            export_seconds = exported.pop("seconds")
+            files = exported
+
+        results = []
+        for route in routes:
+            slow = route in spec.slow_routes and spec.slow_runs is not None
+            runs, warmup = (spec.slow_runs, 0) if slow else (spec.runs, spec.warmup)
+            if ROUTES[route].get("compile") or ROUTES[route]["backend"] == "openvino":
+                warmup = max(warmup, 1)  # the first call compiles
+            log(f"route {route}: {warmup} warm-up + {runs} timed runs")
+            outcome = run_in_child("_route_worker", route=route, checkpoint=checkpoint, files=files,
+                                   images_path=str(folder / "images.npy"), labels_path=str(folder / f"{route}.npy"),
+                                   scales=spec.scales, runs=runs, warmup=warmup, threads=spec.threads)  # fmt: skip
+            result = RouteResult(route)
+            if "error" in outcome:
+                result.error = outcome["error"]
+                log(f"route {route} failed: {result.error}")
+            else:
+                result.times, result.first_call = outcome["times"], outcome["first_call"]
+                result.peak_bytes, result.added_bytes = outcome["peak_bytes"], outcome["added_bytes"]
+                log(f"route {route}: median {result.median:.3f} s")
+            results.append(result)
+
+        reference_labels = folder / f"{REFERENCE_ROUTE}.npy"
+        if reference_labels.is_file():
+            expected = np.load(reference_labels)
+            for result in results:
+                labels_file = folder / f"{result.route}.npy"
+                if result.error is None and labels_file.is_file():
+                    result.agreement = float((np.load(labels_file) == expected).mean())
+
+        check = None
+        largest = max(spec.scales)
+        if memory_check and len(spec.scales) > 1:
+            by_route = {r.route: r for r in results if r.error is None}
+            route = memory_route or (REFERENCE_ROUTE if REFERENCE_ROUTE in by_route else next(iter(by_route), None))
+            if route in by_route and ROUTES[route]["backend"] == "torch":
+                check = _memory_check(spec, route, by_route[route], checkpoint, folder, images, largest, log)
+        return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check)
+    finally:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _memory_check(spec: BenchmarkSpec, route: str, multi: RouteResult, checkpoint: str, folder: Path,
+                  images: np.ndarray, scale: float, log) -> dict[str, Any]:
+    import torch
+
+    from attnseg.models.mscale.fusion import resize_by_scale
+
+    resized = resize_by_scale(torch.from_numpy(images), scale).numpy()
+    np.save(folder / "images_largest.npy", resized)
+    log(f"memory check: {route} at scale {scale} alone, input {list(resized.shape)}")
+    outcome = run_in_child("_route_worker", route=route, checkpoint=checkpoint, files={},
+                           images_path=str(folder / "images_largest.npy"), labels_path=str(folder / "largest.npy"),
+                           scales=(1.0,), runs=1, warmup=0, threads=spec.threads)  # fmt: skip
+    if "error" in outcome:
+        return {"route": route, "scale": scale, "error": outcome["error"]}
+    return {"route": route, "scale": scale, "multi_added": multi.added_bytes, "single_added": outcome["added_bytes"],
+            "multi_peak": multi.peak_bytes, "single_peak": outcome["peak_bytes"],
+            "single_seconds": outcome["times"][0]}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    if value is None or value != value:  # None or NaN
+        return missing
+    return format(value, spec)
+
+
+def format_report(report: BenchmarkReport) -> str:
+    """The benchmark table and the target lines, as printed by `attnseg benchmark`."""
+    spec = report.spec
+    height, width = spec.input_size
+    lines = [
+        f"attnseg benchmark: {report.model_name}, input {spec.batch}x3x{height}x{width}, scales {list(spec.scales)}, "
+        f"{spec.threads} threads, {spec.runs} runs after {spec.warmup} warm-up"
+        + (f" ({', '.join(spec.slow_routes)}: {spec.slow_runs} run, no warm-up)" if spec.slow_routes else ""),
+        f"model: {report.flops / 1e9:.1f} GFLOP per call (FlopCounterMode); measured matmul rate: "
+        f"fp32 {report.fp32_rate / 1e12:.2f} TFLOP/s, bf16 {report.bf16_rate / 1e12:.2f} TFLOP/s"
+        + (f"; export {report.export_seconds:.1f} s" if report.export_seconds is not None else ""),
+        "",
+        f"{'route':<15}{'median s':>10}{'min s':>9}{'max s':>9}{'img/s':>8}{'speed-up':>10}{'TF/s':>7}{'%bf16':>7}"
+        f"{'peak GB':>9}{'+act GB':>9}{'agree %':>9}{'first s':>9}",
+    ]
+    reference = next((r for r in report.results if r.route == REFERENCE_ROUTE and r.error is None), None)
+    for r in report.results:
+        if r.error is not None:
+            lines.append(f"{r.route:<15}  failed: {r.error[:150]}")
+            continue
+        rate = achieved_rate(report.flops, r.median)
+        lines.append(
+            f"{r.route:<15}{r.median:>10.3f}{min(r.times):>9.3f}{max(r.times):>9.3f}"
+            f"{spec.batch / r.median:>8.2f}{_fmt(speedup(reference.median, r.median) if reference else None, '.2f'):>9}x"
+            f"{rate / 1e12:>7.2f}{100 * rate / report.bf16_rate:>6.0f}%"
+            f"{r.peak_bytes / GB:>9.2f}{r.added_bytes / GB:>9.2f}{_fmt(None if r.agreement is None else 100 * r.agreement, '.2f'):>9}"
+            f"{r.first_call:>9.1f}"
+        )  # fmt: skip
+    lines.append("")
+    lines += target_lines(report)
+    return "\n".join(lines)
+
+
+def target_lines(report: BenchmarkReport) -> list[str]:
+    """Whether the speed, agreement, bf16-share and memory targets are met, and by how much."""
+    lines = []
+    ok = [r for r in report.results if r.error is None]
+    reference = next((r for r in ok if r.route == REFERENCE_ROUTE), None)
+    if reference is not None:
+        candidates = [r for r in ok if r.route != REFERENCE_ROUTE]
+        if candidates:
+            best = min(candidates, key=lambda r: r.median)
+            gain = speedup(reference.median, best.median)
+            agreement = best.agreement if best.agreement is not None else float("nan")
+            met = gain >= TARGET_SPEEDUP and agreement >= TARGET_AGREEMENT
+            lines.append(f"speed target (>= {TARGET_SPEEDUP:.0f}x fp32 eager at >= {100 * TARGET_AGREEMENT:.1f}% "
+                         f"agreement): fastest {best.route} {gain:.2f}x at {100 * agreement:.2f}% -> "
+                         f"{'MET' if met else 'NOT MET'}")  # fmt: skip
+    if ok:
+        fastest = min(ok, key=lambda r: r.median)
+        share = achieved_rate(report.flops, fastest.median) / report.bf16_rate
+        lines.append(f"compute target (>= {100 * TARGET_BF16_SHARE:.0f}% of the bf16 matmul rate): {fastest.route} "
+                     f"{100 * share:.0f}% -> {'MET' if share >= TARGET_BF16_SHARE else 'NOT MET'}")  # fmt: skip
+    check = report.memory_check
+    if check is not None:
+        if "error" in check:
+            lines.append(f"memory target: scale {check['scale']} alone failed: {check['error']}")
+        else:
+            ratio = check["multi_added"] / max(check["single_added"], 1)
+            peak_ratio = check["multi_peak"] / max(check["single_peak"], 1)
+            lines.append(
+                f"memory target (multi-scale <= {TARGET_MEMORY_RATIO}x scale {check['scale']} alone, {check['route']}): "
+                f"+act {check['multi_added'] / GB:.2f} GB vs {check['single_added'] / GB:.2f} GB = {ratio:.2f}x "
+                f"(peak RSS {check['multi_peak'] / GB:.2f} vs {check['single_peak'] / GB:.2f} GB = {peak_ratio:.2f}x; "
+                f"scale alone took {check['single_seconds']:.1f} s) -> {'MET' if ratio <= TARGET_MEMORY_RATIO else 'NOT MET'}"
+            )  # fmt: skip
+    return lines
+

@@ -1,0 +1,86 @@
+"""`attnseg benchmark MODEL`: time every CPU inference route of one model and print ONE table.
+
+Routes: torch-fp32 (eager, the reference), torch-bf16 (bf16 autocast + channels-last), torch-compile (the same,
+compiled), onnxruntime (fp32), openvino-fp32, openvino-bf16 (explicit precision hints). For each: median/min/max
+seconds, images/s, speed-up over fp32 eager, achieved TFLOP/s and share of the measured bf16 matmul rate, peak
+resident memory, label agreement with fp32 eager, and the first call (compilation) time. Each route runs in its
+own child process; see `attnseg.benchmark` for how memory and FLOPs are measured.
+
+Example (README table): ``attnseg benchmark mscale_ocr_hrnet_w48 --size 1024 2048 --scales 0.5,1.0,2.0
+--slow-routes torch-fp32 --slow-runs 1``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from attnseg.benchmark import ROUTES
+    from attnseg.cli.eval import _scales
+
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="time PyTorch fp32/bf16/compiled, ONNX Runtime and OpenVINO inference of a model; one table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="registered model name (random weights) or native checkpoint / run directory")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[1024, 2048], help="input size")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--scales", type=_scales, default=(1.0,), help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
+    parser.add_argument("--routes", default=",".join(ROUTES),
+                        help=f"comma list of {', '.join(ROUTES)} (default: all)")  # fmt: skip
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="keep only the routes of this precision (torch-fp32 is always run as the reference)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="--no-compile drops the torch-compile route")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per route (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up runs per route (default 1)")
+    parser.add_argument("--slow-routes", default="", help="routes timed --slow-runs times without warm-up")
+    parser.add_argument("--slow-runs", type=int, default=1, help="timed runs of the slow routes (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per runtime (default 2)")
+    parser.add_argument("--no-memory-check", action="store_true", help="skip the largest-scale-alone memory run")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep checkpoint/exports/labels here")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this text file")
+    parser.set_defaults(func=run)
+
+
+def select_routes(text: str, precision: str | None, compile_flag: bool | None) -> list[str]:
+    """Route names from the flags, in `ROUTES` order; the fp32 eager reference is always included."""
+    from attnseg.benchmark import REFERENCE_ROUTE, ROUTES
+    from attnseg.errors import ConfigError
+
+    wanted = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in ROUTES]
+    if unknown:
+        raise ConfigError(f"--routes: unknown {unknown}; available: {', '.join(ROUTES)}")
+    if precision is not None:
+        wanted = [r for r in wanted if ROUTES[r]["precision"] == precision]
+    if compile_flag is False:
+        wanted = [r for r in wanted if not ROUTES[r].get("compile")]
+    if REFERENCE_ROUTE not in wanted:
+        wanted.append(REFERENCE_ROUTE)
+    return [r for r in ROUTES if r in wanted]
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnseg.benchmark import BenchmarkSpec, format_report, run_benchmark
+
+    routes = select_routes(args.routes, args.precision, args.compile)
+    slow = tuple(r.strip() for r in args.slow_routes.split(",") if r.strip())
+    spec = BenchmarkSpec(
+        model=args.model, input_size=(args.size[0], args.size[1]), scales=tuple(args.scales), batch=args.batch,
+        runs=args.runs, warmup=args.warmup, threads=args.threads, slow_runs=args.slow_runs if slow else None,
+        slow_routes=slow,
+    )  # fmt: skip
+    report = run_benchmark(spec, routes, memory_check=not args.no_memory_check, work_dir=args.work_dir,
+                           log=lambda message: print(message, file=sys.stderr, flush=True))  # fmt: skip
+    table = format_report(report)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return 0 if all(r.error is None for r in report.results) else 1
