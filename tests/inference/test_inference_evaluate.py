@@ -30,9 +30,11 @@ class FakeMscale(ThresholdModel):
         self.eval_scales = (0.5, 1.0, 2.0)
         self.keep_scale_outputs = True
         self.seen_scales = []
+        self.seen_keep = []
 
     def forward(self, x):
         self.seen_scales.append(self.eval_scales)
+        self.seen_keep.append(self.keep_scale_outputs)
         return super().forward(x)
 
 
@@ -83,11 +85,12 @@ def test_recipes_keep_a_pointwise_model_perfect(kwargs):
 def test_hierarchical_sets_and_restores_eval_scales():
     model = FakeMscale()
     evaluate_model(model, _batches(1), NUM_CLASSES, scales=(0.5, 1.0), progress=False)
-    assert model.seen_scales == [(0.5, 1.0)]
+    assert model.seen_scales == [(0.5, 1.0)] and model.seen_keep == [False]  # per-scale logits only on request
     assert model.eval_scales == (0.5, 1.0, 2.0) and model.keep_scale_outputs is True
     model.seen_scales.clear()
-    evaluate_model(model, _batches(1), NUM_CLASSES, scales=(0.5, 1.0), multi_scale="average", progress=False)
-    assert model.seen_scales == [(1.0,), (1.0,)]
+    evaluate_model(model, _batches(1), NUM_CLASSES, scales=(0.5, 1.0), multi_scale="average", progress=False,
+                   keep_scale_outputs=True)
+    assert model.seen_scales == [(1.0,), (1.0,)] and model.seen_keep[-1] is True
 
 
 def test_hierarchical_without_model_support_is_a_config_error():

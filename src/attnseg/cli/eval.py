@@ -180,10 +180,12 @@ def run(args: argparse.Namespace) -> int:
     cityscapes_ids = num_classes == 19
 
     callbacks = []
+    keep_scale_outputs = False
     if args.dump is not None:
         kinds = [k.strip() for k in args.dump_kinds.split(",") if k.strip()]
         if not cityscapes_ids and "labelIds" in kinds:
             kinds.remove("labelIds")
+        keep_scale_outputs = "scales" in kinds
         callbacks.append(PredictionDumper(args.dump, np.asarray(palette), data_cfg.mean, data_cfg.std, kinds=kinds,
                                           train_id_to_label_id=train_id_to_id if cityscapes_ids else None))
     writer = None
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         model, loader, num_classes, scales=eval_cfg.scales, multi_scale=eval_cfg.multi_scale, flip=eval_cfg.flip,
         mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride, precision=eval_cfg.precision,
         device=device, progress=not args.no_progress, on_prediction=on_prediction if callbacks else None,
-        fusion=eval_cfg.fusion, ignore_index=data_cfg.ignore_index,
+        fusion=eval_cfg.fusion, ignore_index=data_cfg.ignore_index, keep_scale_outputs=keep_scale_outputs,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     if metrics.num_pixels:

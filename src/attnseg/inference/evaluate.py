@@ -177,6 +177,7 @@ def evaluate_model(
     on_prediction: PredictionCallback | None = None,
     fusion: Fusion = "softmax",
     ignore_index: int = 255,
+    keep_scale_outputs: bool = False,
 ) -> SegmentationMetrics:
     """Evaluate `model` on every batch of `loader` and return the metrics of the whole split.
 
@@ -202,6 +203,8 @@ def evaluate_model(
             and ``"output"`` (the model output of the reference pass, with MscaleOCR's per-scale maps).
         fusion: how TTA passes are combined: ``"softmax"`` (mean of probabilities) or ``"logits"``.
         ignore_index: label value that is not counted.
+        keep_scale_outputs: let MscaleOCR return every scale's logits (for per-scale dumps; costs memory: the
+            2.0-scale logits of a 1024x2048 image alone take 640 MB).
 
     Returns:
         Metrics over all processes' images (`SegmentationMetrics.num_images` counts labelled images).
@@ -217,7 +220,7 @@ def evaluate_model(
     device = torch.device(device)
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     bar = _progress_bar(loader, progress)
-    with inference_state(model, recipe, keep_scale_outputs=on_prediction is not None), torch.inference_mode():
+    with inference_state(model, recipe, keep_scale_outputs=keep_scale_outputs), torch.inference_mode():
         for batch in bar:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch.get("label")
