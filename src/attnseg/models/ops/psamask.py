@@ -14,11 +14,10 @@ This is what `psamask.cc` of PSANet_paddle and `lib/psa/src/cpu/psamask.cpp` of 
 loop over pixels. Here the op is pure data movement (pad, slice, reshape, permute), so outputs and
 gradients equal the reference bit for bit and the graph exports to ONNX with standard operators.
 
-How: after padding (or cropping) the window to the full relative range (2H-1) x (2W-1), the relative
-offset ``r = q - p + (H-1)`` along one axis becomes absolute position q with the "skew" trick known from
-relative-position attention: lay each position's row of 2H-1 offsets end to end, skip the first H-1
-entries and re-read the buffer with a row length of 2H-2. Row p then starts at offset H-1-p of its
-original row, which is exactly q = 0. Applied to the height axis and then to the width axis.
+How: the window offset along one axis (r = q - p + centre) becomes the absolute position q with the "skew"
+trick of relative-position attention (pad each row of offsets with zeros, lay the rows end to end, re-read
+with a row length one shorter; see `_resolve_axis`), first for the height axis, then for the width axis.
+The intermediates stay near the output's size, and nothing is indexed per pixel.
 """
 
 from __future__ import annotations
@@ -69,25 +68,26 @@ def psa_mask_size(
     return 2 * grid_h - 1, 2 * grid_w - 1
 
 
-def _fit_window(x: torch.Tensor, dim: int, mask_size: int, grid_size: int) -> torch.Tensor:
-    """Pad with zeros or crop window axis `dim` (centred) to the full relative range 2*grid-1."""
-    half = mask_size // 2
-    missing = grid_size - 1 - half
-    if missing > 0:
-        pad = [0, 0] * (x.dim() - 1 - dim) + [missing, missing]
-        return F.pad(x, pad)
-    if missing < 0:
-        return x.narrow(dim, -missing, 2 * grid_size - 1)
-    return x
+def _resolve_axis(x: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """(..., P, mask) indexed by (p, q - p + mask // 2) -> (..., P, P) indexed by (p, q); outside the window -> 0.
 
-
-def _relative_to_absolute(x: torch.Tensor) -> torch.Tensor:
-    """(..., P, 2P-1) indexed by (p, q - p + P - 1) -> (..., P, P) indexed by (p, q)."""
+    Each row of window cells (the relative offset r = q - p + c, c = its centre) is padded with Z zeros on the
+    right and the rows are laid end to end with length L = R + Z. Re-reading that buffer from offset c with row
+    length L - 1 places entry (p, q) at c + p * (L - 1) + q = p * L + r: row p's cell r when 0 <= r < R, else
+    a pad zero of row p (r >= R) or of row p - 1 (r < 0), which Z >= P - 1 - c guarantees. Z >= P + 1 - R keeps
+    rows at least P long. A window reaching past the grid (c > P - 1) is first cropped to 2P - 1 cells.
+    """
     size = x.shape[-2]
-    if size == 1:
-        return x
-    flat = x.reshape(*x.shape[:-2], size * (2 * size - 1))
-    skewed = flat[..., size - 1 : size - 1 + size * (2 * size - 2)].reshape(*x.shape[:-2], size, 2 * size - 2)
+    centre = mask_size // 2
+    if centre > size - 1:
+        x = x.narrow(-1, centre - (size - 1), 2 * size - 1)
+        centre = size - 1
+    cells = x.shape[-1]
+    zeros = max(size - 1 - centre, size + 1 - cells)
+    row = cells + zeros
+    batch = x.shape[:-2]
+    flat = F.pad(x, (0, zeros)).reshape(*batch, size * row)
+    skewed = flat[..., centre : centre + size * (row - 1)].reshape(*batch, size, row - 1)
     return skewed[..., :size]
 
 
@@ -112,12 +112,10 @@ def psa_mask(x: torch.Tensor, mode: int, mask_size: tuple[int, int]) -> torch.Te
     if channels != mask_h * mask_w:
         raise ValueError(f"psa_mask expects {mask_h}*{mask_w}={mask_h * mask_w} channels, got {channels}")
     window = x.reshape(n, mask_h, mask_w, height, width)
-    window = _fit_window(window, 1, mask_h, height)
-    window = _fit_window(window, 2, mask_w, width)
-    # (n, rh, rw, ph, pw) -> (n, rw, pw, ph, rh): the height pair last, then resolve rh -> qh.
-    rows = _relative_to_absolute(window.permute(0, 2, 4, 3, 1))
-    # (n, rw, pw, ph, qh) -> (n, ph, qh, pw, rw): the width pair last, then resolve rw -> qw.
-    full = _relative_to_absolute(rows.permute(0, 3, 4, 2, 1))  # (n, ph, qh, pw, qw)
+    # (n, i, j, ph, pw) -> (n, j, pw, ph, i): the height pair last, then window row i -> qh.
+    rows = _resolve_axis(window.permute(0, 2, 4, 3, 1), mask_h)
+    # (n, j, pw, ph, qh) -> (n, ph, qh, pw, j): the width pair last, then window column j -> qw.
+    full = _resolve_axis(rows.permute(0, 3, 4, 2, 1), mask_w)  # (n, ph, qh, pw, qw)
     if mode == COLLECT:
         out = full.permute(0, 2, 4, 1, 3)  # (n, qh, qw, ph, pw): source q on channels
     else:
