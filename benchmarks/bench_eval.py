@@ -65,8 +65,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pairs = write_images(folder, args.images, args.height, args.width)
-        dumper = PredictionDumper(folder / "dump", CITYSCAPES_PALETTE, MEAN, STD, kinds=("color", "overlay", "labelIds"),
-                                  train_id_to_label_id=train_id_to_id)  # fmt: skip
+        dumper = PredictionDumper(folder / "dump", CITYSCAPES_PALETTE, MEAN, STD,
+                                  kinds=("color", "overlay", "labelIds"), train_id_to_label_id=train_id_to_id)
         confusion = ConfusionMatrix(19)
         with inference_state(model, recipe), torch.inference_mode():
             for image_path, label_path in pairs:

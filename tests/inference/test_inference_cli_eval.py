@@ -34,7 +34,9 @@ def setup(tmp_path_factory):
     save_checkpoint(work / "run" / "checkpoints" / "best", TinyNet(), "h6_test_tiny", {}, CITYSCAPES_CLASSES,
                     CITYSCAPES_PALETTE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     config = work / "config.yaml"
-    config.write_text(f"model:\n  name: h6_test_tiny\ndata:\n  root: {root}\n  num_workers: 0\neval:\n  num_workers: 0\n")
+    config.write_text(
+        f"model:\n  name: h6_test_tiny\ndata:\n  root: {root}\n  num_workers: 0\neval:\n  num_workers: 0\n"
+    )
     yield root, work, config
     MODEL_BUILDERS.pop("h6_test_tiny", None)
 

@@ -78,5 +78,6 @@ def test_video_gets_overlay_video(tmp_path, weights, capsys):
 
 
 def test_missing_input_is_reported(tmp_path, weights, capsys):
-    code = main(["predict", str(weights), str(tmp_path / "nothing*.png"), "--out", str(tmp_path / "o"), "--no-progress"])
+    code = main(["predict", str(weights), str(tmp_path / "nothing*.png"), "--out", str(tmp_path / "o"),
+                 "--no-progress"])
     assert code == 1 and "no such file" in capsys.readouterr().err

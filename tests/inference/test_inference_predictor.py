@@ -32,7 +32,8 @@ def test_round_trip_matches_direct_model(checkpoint):
     assert labels.shape == (29, 43) and labels.dtype == np.uint8
     assert probabilities.shape == (19, 29, 43)
     np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
-    x = (torch.from_numpy(image).permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     with torch.inference_mode():
         expected = model(x[None]).logits.argmax(1)[0].numpy()
     assert (labels == expected).mean() > 0.999

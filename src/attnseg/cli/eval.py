@@ -53,7 +53,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped passes")
     parser.add_argument(
         "--fusion", choices=("softmax", "logits"), default=None,
-        help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or of logits (NVIDIA, PaddleSeg 2.8)",
+        help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or logits (NVIDIA, PaddleSeg 2.8)",
     )  # fmt: skip
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model precision (bf16 autocast)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

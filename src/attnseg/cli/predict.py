@@ -168,5 +168,6 @@ def run(args: argparse.Namespace) -> int:
         except (AttnsegError, OSError, ValueError) as error:
             problems.append(str(error))
             print(f"attnseg predict: skipped {error}", file=sys.stderr)
-    print(f"predicted {done} of {len(items)} inputs into {args.out}" + (f"; {len(problems)} skipped" if problems else ""))
+    skipped = f"; {len(problems)} skipped" if problems else ""
+    print(f"predicted {done} of {len(items)} inputs into {args.out}{skipped}")
     return 1 if problems else 0

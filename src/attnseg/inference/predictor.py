@@ -121,7 +121,9 @@ class Predictor:
             fusion=fusion,
         )
         if model is None and self.recipe.multi_scale == "hierarchical" and self.recipe.scales != (1.0,):
-            raise ValueError("hierarchical multi-scale needs the model itself; use multi_scale='average' with a backend")
+            raise ValueError(
+                "hierarchical multi-scale needs the model itself; use multi_scale='average' with a backend"
+            )
 
     @property
     def num_classes(self) -> int:

@@ -77,13 +77,16 @@ def parse_scales(text: str) -> tuple[float, ...]:
         if sep and kind in ("ratio", "diff"):
             parts = rest.split(":")
             if len(parts) != 3:
-                raise ConfigError(f"scale series {text!r}: expected {kind}:LOW:HIGH:{'COUNT' if kind == 'ratio' else 'STEP'}")
+                last = "COUNT" if kind == "ratio" else "STEP"
+                raise ConfigError(f"scale series {text!r}: expected {kind}:LOW:HIGH:{last}")
             low, high = float(parts[0]), float(parts[1])
             if kind == "ratio":
                 return equal_ratio_scales(low, high, int(parts[2]))
             return equal_difference_scales(low, high, float(parts[2]))
         if sep:
-            raise ConfigError(f"scale series {text!r}: unknown rule {kind!r}; use ratio:LOW:HIGH:COUNT or diff:LOW:HIGH:STEP")
+            raise ConfigError(
+                f"scale series {text!r}: unknown rule {kind!r}; use ratio:LOW:HIGH:COUNT or diff:LOW:HIGH:STEP"
+            )
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as error:
         if isinstance(error, ConfigError):

@@ -32,7 +32,9 @@ def window_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
     if length < 1 or crop < 1 or stride < 1:
         raise ValueError(f"length, crop and stride must be positive, got {length}, {crop}, {stride}")
     if stride > crop:
-        raise ValueError(f"stride {stride} is larger than the crop {crop}: pixels between windows would get no prediction")
+        raise ValueError(
+            f"stride {stride} is larger than the crop {crop}: pixels between windows would get no prediction"
+        )
     if length <= crop:
         return [(0, length)]
     count = math.ceil((length - crop) / stride) + 1
