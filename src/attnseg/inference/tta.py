@@ -12,6 +12,10 @@ How the passes are fused differs between the references, and both are offered:
 
 Every pass's logits are brought back to the input orientation and size (bilinear, align_corners=False) and added
 to one running sum, so memory does not grow with the number of passes.
+
+Every scale resizes the original image. (PaddleSeg's ``aug_inference`` resizes the previous scale's already
+resized image instead, a quirk that blurs later scales slightly; it does not matter for the published recipes,
+which run at scale 1.0 there and put the scales inside the model.)
 """
 
 from __future__ import annotations
