@@ -73,6 +73,28 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes with its gradient: every process's output depends on every input, so the gradient
+    reaching an input is the sum of the upstream gradients of all processes."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        result = tensor.clone()
+        dist.all_reduce(result)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of `tensor` over all processes."""
+    return _AllReduceSum.apply(tensor)
+
+
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the batch of every process (SyncBatchNorm for CPU/gloo).
 
@@ -85,16 +107,14 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         x32 = x.float()
         channels = x32.shape[1]
         count = torch.tensor([x32.numel() // channels], dtype=torch.float32, device=x32.device)
-        total = all_reduce(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
+        total = all_reduce_sum(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
         n = total[-1]
         mean = total[:channels] / n
         centred = x32 - mean[None, :, None, None]
-        var = all_reduce(centred.square().sum(dim=(0, 2, 3))) / n
+        var = all_reduce_sum(centred.square().sum(dim=(0, 2, 3))) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
