@@ -221,9 +221,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dump is not None:
         print(f"wrote images to {args.dump}")
     if writer is not None:
-        expected = [path.name for path in writer.written]
+        # Against the split's image list when it is a Cityscapes folder, so a missed image is caught too.
+        split_dir = Path(data_cfg.root) / "leftImg8bit" / eval_cfg.split
+        use_root = data_cfg.dataset == "cityscapes" and split_dir.is_dir()
+        expected = data_cfg.root if use_root else [path.name for path in writer.written]
         size = next(iter(sizes)) if len(sizes) == 1 else (1024, 2048)
-        check_submission(args.submission, expected, expected_size=size)
+        check_submission(args.submission, expected, expected_size=size, split=eval_cfg.split)
     if args.json is not None:
         result = metrics_to_json(metrics, class_names) if metrics.num_pixels else {"numImages": len(dataset)}
         result["recipe"] = {"weights": description, "split": eval_cfg.split, **_recipe_dict(eval_cfg)}
