@@ -136,3 +136,24 @@ def test_eval_dataset_loader_and_shards():
     assert shards == [[0, 2, 4], [1, 3]]
     unlabelled = collate_eval_batch([dict(item, label=None)])
     assert unlabelled["label"] is None
+
+
+def test_folder_dataset_layouts(tmp_path):
+    import cv2
+
+    from attnseg.config.build import build_eval_dataset
+    from attnseg.errors import ConfigError
+
+    for split in ("val",):
+        (tmp_path / split / "images" / "sub").mkdir(parents=True)
+        (tmp_path / split / "labels" / "sub").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / split / "images" / "sub" / "a.png"), np.zeros((4, 6, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / split / "labels" / "sub" / "a.png"), np.full((4, 6), 2, np.uint8))
+    dataset = build_eval_dataset(DataConfig(dataset="folder", root=str(tmp_path)), "val")
+    item = dataset[0]
+    assert item["image"].shape == (3, 4, 6) and int(item["label"][0, 0]) == 2
+    (tmp_path / "test.txt").write_text("val/images/sub/a.png\n")
+    unlabelled = build_eval_dataset(DataConfig(dataset="folder", root=str(tmp_path)), "test")
+    assert unlabelled[0]["label"] is None
+    with pytest.raises(ConfigError, match="needs"):
+        build_eval_dataset(DataConfig(dataset="folder", root=str(tmp_path)), "train")

@@ -6,6 +6,7 @@ Only the CLI and the training engine call these; library code takes explicit arg
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,10 +116,33 @@ def _raw_dataset(data_cfg: DataConfig, split: str) -> Dataset:
 
         return MapillaryDataset(data_cfg.root, split)
     if kind == "folder":
-        from attnseg.data.folder import FolderDataset
-
-        return FolderDataset(data_cfg.root, split)
+        return folder_dataset(data_cfg.root, split)
     raise ConfigError(f"data.dataset={kind!r} is not one of cityscapes, mapillary, folder")
+
+
+def folder_dataset(root: str | Path, split: str) -> Dataset:
+    """A `FolderDataset` for one split of a plain folder, found by the first layout that exists:
+
+    ``<root>/<split>.txt`` (PaddleSeg-style list of ``<image> [<label>]`` lines relative to root);
+    ``<root>/<split>/images`` with optional ``<root>/<split>/labels``;
+    ``<root>/images/<split>`` with optional ``<root>/labels/<split>``.
+
+    Raises:
+        ConfigError: none of these exists.
+    """
+    from attnseg.data.folder import FolderDataset
+
+    root = Path(root)
+    if (root / f"{split}.txt").is_file():
+        return FolderDataset(list_file=root / f"{split}.txt", root=root)
+    for images, labels in ((root / split / "images", root / split / "labels"),
+                           (root / "images" / split, root / "labels" / split)):  # fmt: skip
+        if images.is_dir():
+            return FolderDataset(images, labels if labels.is_dir() else None)
+    raise ConfigError(
+        f"data.root={root}: for data.dataset=folder, split {split!r} needs {root / (split + '.txt')}, "
+        f"{root / split / 'images'} (+ labels/) or {root / 'images' / split} (+ labels/{split})"
+    )
 
 
 def build_eval_dataset(data_cfg: DataConfig, split: str | None = None) -> EvalSampleDataset:
