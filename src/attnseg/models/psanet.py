@@ -26,7 +26,7 @@ from torch import nn
 from attnseg.models.backbones.resnet import (
     BasicBlock,
     ResNet,
-    _as_tensor,
+    as_tensor,
     add_missing_batches_tracked,
     paddle_resnet_key,
     resnet_v1c,
@@ -72,7 +72,8 @@ class PSANet(nn.Module):
         self.psa = psa
         feature_channels = backbone.out_channels[-1] * (2 if psa is not None else 1)
         self.head = FCNHead(feature_channels, head_channels, num_classes, dropout, dropout_layer, norm_layer)
-        self.aux_head = FCNHead(backbone.out_channels[-2], aux_channels, num_classes, dropout, dropout_layer, norm_layer)
+        aux_in = backbone.out_channels[-2]
+        self.aux_head = FCNHead(aux_in, aux_channels, num_classes, dropout, dropout_layer, norm_layer)
         self.align_corners = align_corners
 
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
@@ -101,9 +102,11 @@ def psanet_r50_vd(
     """PSANet_paddle ``psanet_resnet50_os8_cityscapes_1024x512_80k`` (mIoU 79.94 on Cityscapes val)."""
     backbone = resnet_vd(50, output_stride=output_stride, norm_layer=norm_layer)
     psa = PointwiseSpatialAttention(
-        backbone.out_channels[-1], 512, psa_type, mask_size, shrink_factor, normalization_factor, True, False, norm_layer
+        backbone.out_channels[-1], 512, psa_type, mask_size, shrink_factor, normalization_factor,
+        use_softmax=True, compact=False, norm_layer=norm_layer,
     )
-    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout, align_corners=False, norm_layer=norm_layer)
+    # PaddleSeg's AuxLayer drops elements (nn.Dropout), semseg drops channels (nn.Dropout2d).
+    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout, False, norm_layer)
 
 
 def _semseg_psanet(
@@ -123,7 +126,7 @@ def _semseg_psanet(
         backbone.out_channels[-1], 512, psa_type, mask_size, shrink_factor, normalization_factor, True, compact,
         norm_layer,
     )
-    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout2d, align_corners=True, norm_layer=norm_layer)
+    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout2d, True, norm_layer)
 
 
 def psanet_r50(
@@ -250,7 +253,7 @@ def convert_paddle_psanet_state_dict(
     state = {}
     for key, value in paddle_state.items():
         ours = paddle_psanet_key(key, psa_type)
-        tensor = _as_tensor(value)
+        tensor = as_tensor(value)
         if ours == "psa.project.conv.weight" and psa_type == PSA_BIDIRECTIONAL:
             tensor = _swap_projection_halves(tensor)
         state[ours] = tensor
@@ -319,7 +322,7 @@ def convert_semseg_psanet_state_dict(
     state_in = {key.removeprefix("module."): value for key, value in _semseg_state(checkpoint).items()}
     if psa_type is None:
         psa_type = PSA_BIDIRECTIONAL if any(k.startswith("psa.reduce_p.") for k in state_in) else PSA_COLLECT
-    state = {semseg_psanet_key(key, psa_type): _as_tensor(value) for key, value in state_in.items()}
+    state = {semseg_psanet_key(key, psa_type): as_tensor(value) for key, value in state_in.items()}
     return add_missing_batches_tracked(state)
 
 

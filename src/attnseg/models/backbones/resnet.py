@@ -304,7 +304,8 @@ def semseg_resnet_key(key: str) -> str:
     raise KeyError(f"not a semseg ResNet key: {key!r}")
 
 
-def _as_tensor(value) -> torch.Tensor:
+def as_tensor(value) -> torch.Tensor:
+    """A detached copy of a tensor or numpy array (converters must not alias the source checkpoint)."""
     return value.detach().clone() if torch.is_tensor(value) else torch.as_tensor(value).clone()
 
 
@@ -329,7 +330,7 @@ def convert_paddle_resnet_backbone(state_dict: Mapping[str, object]) -> dict[str
         key = key.removeprefix("backbone.")
         if key.startswith(_CLASSIFIER_PREFIXES):
             continue
-        state[paddle_resnet_key(key)] = _as_tensor(value)
+        state[paddle_resnet_key(key)] = as_tensor(value)
     return add_missing_batches_tracked(state)
 
 
@@ -340,5 +341,5 @@ def convert_semseg_resnet_backbone(state_dict: Mapping[str, object]) -> dict[str
         key = key.removeprefix("module.")
         if key.startswith("fc."):
             continue
-        state[semseg_resnet_key(key)] = _as_tensor(value)
+        state[semseg_resnet_key(key)] = as_tensor(value)
     return add_missing_batches_tracked(state)

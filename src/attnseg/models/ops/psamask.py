@@ -42,7 +42,7 @@ def psa_grid_size(crop_size: int, output_stride: int = 8, shrink_factor: int = 2
         shrink_factor: PSA shrink factor (1 = no shrink).
     """
     if crop_size < 1 or output_stride < 1 or shrink_factor < 1:
-        raise ValueError(f"sizes must be positive, got crop {crop_size}, stride {output_stride}, shrink {shrink_factor}")
+        raise ValueError(f"sizes must be positive: crop {crop_size}, stride {output_stride}, shrink {shrink_factor}")
     return (crop_size - 1) // (output_stride * shrink_factor) + 1
 
 
