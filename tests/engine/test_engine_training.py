@@ -209,3 +209,30 @@ def test_planned_loader_yields_augmented_batches_from_data_config(tmp_path):
                              fine=train_worker.make_samples(), progress=False)
     data2.sampler.set_epoch(0)
     assert torch.equal(next(iter(data2.loader))["image"], batch["image"])
+
+
+def test_trainer_bf16_autocast_grad_clip_and_ema(tmp_path):
+    """bf16 autocast on CPU, gradient clipping and EMA together; the EMA weights are what gets evaluated/saved."""
+    trainer = train_worker.build(str(tmp_path), iters=4, batch=2)
+    trainer.precision = "bf16"
+    trainer.grad_clip_norm = 0.01
+    from attnseg.engine.ema import ModelEma
+
+    trainer.ema = ModelEma(trainer.model, decay=0.9)
+    evaluated, saved = [], {}
+    trainer.evaluate_fn = lambda model: evaluated.append(model) or {"miou": 0.1}
+    trainer.save_weights = lambda model, name, info: saved.setdefault(name, model)
+    clipped_norms = []
+    original_step = trainer.optimizer.step
+
+    def step_recording_norm(*args, **kwargs):
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        clipped_norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = step_recording_norm
+    trainer.train()
+    assert len(clipped_norms) == 4 and max(clipped_norms) <= 0.01 * (1 + 1e-4)
+    assert evaluated == [trainer.ema.module] and saved["last"] is trainer.ema.module
+    assert trainer.ema.updates == 4
+    assert not torch.equal(trainer.ema.module.head.weight, trainer.model.head.weight)
