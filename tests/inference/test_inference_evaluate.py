@@ -157,3 +157,20 @@ def test_folder_dataset_layouts(tmp_path):
     assert unlabelled[0]["label"] is None
     with pytest.raises(ConfigError, match="needs"):
         build_eval_dataset(DataConfig(dataset="folder", root=str(tmp_path)), "train")
+
+
+def test_bf16_runs_only_the_model_in_bf16():
+    from attnseg.inference.evaluate import InferenceRecipe, predict_scores
+
+    seen = []
+
+    def model(x):
+        out = torch.nn.functional.conv2d(x, torch.ones(NUM_CLASSES, 3, 1, 1))
+        seen.append(out.dtype)
+        return out
+
+    recipe = InferenceRecipe(flip=True, precision="bf16")
+    result = predict_scores(model, torch.randn(1, 3, 4, 6), recipe, NUM_CLASSES)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert result.scores.dtype == torch.float32 and result.are_probabilities
+    torch.testing.assert_close(result.scores.sum(1), torch.ones(1, 4, 6))

@@ -105,10 +105,16 @@ def inference_state(model: nn.Module, recipe: InferenceRecipe, keep_scale_output
         model.train(was_training)
 
 
-def _autocast(device: torch.device, precision: Precision):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _with_autocast(fn: Callable, device: torch.device, precision: Precision) -> Callable:
+    """`fn` run under bfloat16 autocast for ``"bf16"``; only the network, so fusion stays in float32."""
+    if precision != "bf16":
+        return fn
+
+    def run(images: torch.Tensor):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return fn(images)
+
+    return run
 
 
 @dataclass
@@ -135,16 +141,13 @@ def predict_scores(model: Callable, images: torch.Tensor, recipe: InferenceRecip
         recipe: the inference recipe.
         num_classes: K, needed by sliding-window assembly.
     """
-    fn = model
+    fn = _with_autocast(model, images.device, recipe.precision)
     if recipe.mode == "slide":
-        fn = partial(slide_inference, model, crop_size=recipe.crop_size, stride=recipe.stride, num_classes=num_classes)
-    with _autocast(images.device, recipe.precision):
-        if recipe.single_pass:
-            output = fn(images)
-            return BatchScores(logits_of(output).float(), False, output)
-        result = tta_inference_with_output(
-            fn, images, scales=recipe.tta_scales, flip=recipe.flip, fusion=recipe.fusion
-        )
+        fn = partial(slide_inference, fn, crop_size=recipe.crop_size, stride=recipe.stride, num_classes=num_classes)
+    if recipe.single_pass:
+        output = fn(images)
+        return BatchScores(logits_of(output).float(), False, output)
+    result = tta_inference_with_output(fn, images, scales=recipe.tta_scales, flip=recipe.flip, fusion=recipe.fusion)
     return BatchScores(result.scores, recipe.fusion == "softmax", result.reference_output)
 
 
