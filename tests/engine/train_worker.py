@@ -63,7 +63,8 @@ def criterion() -> SegmentationCriterion:
 
 
 def build(run_dir: str, *, iters: int, batch: int, save_interval: int = 0, data_cfg: DataConfig | None = None,
-          dropout: float = 0.1, sync_bn: bool = True, workers: int = 0, hook=None, deterministic: bool = False) -> Trainer:
+          dropout: float = 0.1, sync_bn: bool = True, workers: int = 0, hook=None,
+          deterministic: bool = False) -> Trainer:
     rank, world = distributed.get_rank(), distributed.get_world_size()
     train_cfg = TrainConfig(iters=iters, batch_size=batch, lr=0.05, seed=3, save_interval=save_interval)
     data_cfg = data_cfg or DataConfig(crop_size=(16, 24), scale_range=(0.75, 1.25), color_jitter=0.2,

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not state_path.is_file():
         raise AttnsegError(f"--resume: no training state at {state_path}")
     if not args.resume and state_path.is_file():
-        raise AttnsegError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        raise AttnsegError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                           "or choose another --out")
 
     context = distributed.init_distributed(args.device)
     try:
