@@ -116,6 +116,8 @@ class BenchmarkReport:
     results: list[RouteResult]
     export_seconds: float | None = None
     memory_check: dict[str, Any] | None = None
+    export_dynamic: bool | None = None
+    load_average: tuple[float, float] = (float("nan"), float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,6 +143,13 @@ def _read_status_kb(key: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def reset_peak_memory() -> bool:
@@ -248,15 +257,21 @@ def _set_threads(threads: int) -> None:
 
 def _export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: Sequence[float], threads: int,
                    want_openvino: bool) -> dict[str, Any]:
-    from attnseg.export.onnx import export_onnx
+    from attnseg.export.onnx import ExportError, export_onnx
     from attnseg.weights import load_model
 
     _set_threads(threads)
     model, sidecar = load_model(checkpoint)
     start = time.perf_counter()
     onnx_path = Path(folder) / "model.onnx"
-    export_onnx(model, onnx_path, shape, dynamic=True, output="logits", scales=scales, sidecar=sidecar, verify=False)
-    result = {"onnx": str(onnx_path)}
+    result: dict[str, Any] = {"onnx": str(onnx_path), "dynamic": True}
+    try:
+        # Small trace + symbolic sizes (a few GB), verified at two small sizes against PyTorch.
+        export_onnx(model, onnx_path, shape, dynamic=True, output="logits", scales=scales, sidecar=sidecar, verify=True)
+    except ExportError:
+        # Shapes frozen into the graph (PSANet's attention window): trace at the benchmark size itself.
+        export_onnx(model, onnx_path, shape, output="logits", scales=scales, sidecar=sidecar, verify=False)
+        result["dynamic"] = False
     if want_openvino:
         from attnseg.export.openvino import export_openvino
 
@@ -400,7 +415,8 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
         bf16_rate = matmul_rate("bf16", threads=spec.threads)
 
         files: dict[str, str] = {}
-        export_seconds = None
+        export_seconds = export_dynamic = None
+        load_before = _load_average()
         if any(ROUTES[r]["backend"] != "torch" for r in routes):
             log("exporting ONNX" + (" + OpenVINO" if any(ROUTES[r]["backend"] == "openvino" for r in routes) else ""))
             exported = run_in_child("_export_worker", checkpoint=checkpoint, folder=str(folder), shape=shape,
@@ -409,6 +425,7 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
             if "error" in exported:
                 raise RuntimeError(f"export failed: {exported['error']}")
             export_seconds = exported.pop("seconds")
+            export_dynamic = exported.pop("dynamic")
             files = exported
 
         results = []
@@ -446,7 +463,8 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
             route = memory_route or (REFERENCE_ROUTE if REFERENCE_ROUTE in by_route else next(iter(by_route), None))
             if route in by_route and ROUTES[route]["backend"] == "torch":
                 check = _memory_check(spec, route, by_route[route], checkpoint, folder, images, largest, log)
-        return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check)
+        return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check,
+                               export_dynamic, (load_before, _load_average()))
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
@@ -490,7 +508,10 @@ def format_report(report: BenchmarkReport) -> str:
         + (f" ({', '.join(spec.slow_routes)}: {spec.slow_runs} run, no warm-up)" if spec.slow_routes else ""),
         f"model: {report.flops / 1e9:.1f} GFLOP per call (FlopCounterMode); measured matmul rate: "
         f"fp32 {report.fp32_rate / 1e12:.2f} TFLOP/s, bf16 {report.bf16_rate / 1e12:.2f} TFLOP/s"
-        + (f"; export {report.export_seconds:.1f} s" if report.export_seconds is not None else ""),
+        + (f"; export {report.export_seconds:.1f} s ({'dynamic H/W' if report.export_dynamic else 'static'})"
+           if report.export_seconds is not None else ""),
+        f"machine: {os.cpu_count()} CPUs, 1-min load average {report.load_average[0]:.1f} at start, "
+        f"{report.load_average[1]:.1f} at end (other processes share the CPU when it exceeds the thread count)",
         "",
         f"{'route':<15}{'median s':>10}{'min s':>9}{'max s':>9}{'img/s':>8}{'speed-up':>10}{'TF/s':>7}{'%bf16':>7}"
         f"{'peak GB':>9}{'+act GB':>9}{'agree %':>9}{'first s':>9}",
