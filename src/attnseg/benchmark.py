@@ -522,11 +522,13 @@ def format_report(report: BenchmarkReport) -> str:
             lines.append(f"{r.route:<15}  failed: {r.error[:150]}")
             continue
         rate = achieved_rate(report.flops, r.median)
+        gain = speedup(reference.median, r.median) if reference else None
+        agreement = None if r.agreement is None else 100 * r.agreement
         lines.append(
             f"{r.route:<15}{r.median:>10.3f}{min(r.times):>9.3f}{max(r.times):>9.3f}"
-            f"{spec.batch / r.median:>8.2f}{_fmt(speedup(reference.median, r.median) if reference else None, '.2f'):>9}x"
+            f"{spec.batch / r.median:>8.2f}{_fmt(gain, '.2f'):>9}x"
             f"{rate / 1e12:>7.2f}{100 * rate / report.bf16_rate:>6.0f}%"
-            f"{r.peak_bytes / GB:>9.2f}{r.added_bytes / GB:>9.2f}{_fmt(None if r.agreement is None else 100 * r.agreement, '.2f'):>9}"
+            f"{r.peak_bytes / GB:>9.2f}{r.added_bytes / GB:>9.2f}{_fmt(agreement, '.2f'):>9}"
             f"{r.first_call:>9.1f}"
         )  # fmt: skip
     lines.append("")
@@ -560,12 +562,14 @@ def target_lines(report: BenchmarkReport) -> list[str]:
             lines.append(f"memory target: scale {check['scale']} alone failed: {check['error']}")
         else:
             ratio = check["multi_added"] / max(check["single_added"], 1)
+            verdict = "MET" if ratio <= TARGET_MEMORY_RATIO else "NOT MET"
             peak_ratio = check["multi_peak"] / max(check["single_peak"], 1)
             lines.append(
-                f"memory target (multi-scale <= {TARGET_MEMORY_RATIO}x scale {check['scale']} alone, {check['route']}): "
+                f"memory target (multi-scale <= {TARGET_MEMORY_RATIO}x scale {check['scale']} alone, "
+                f"{check['route']}): "
                 f"+act {check['multi_added'] / GB:.2f} GB vs {check['single_added'] / GB:.2f} GB = {ratio:.2f}x "
                 f"(peak RSS {check['multi_peak'] / GB:.2f} vs {check['single_peak'] / GB:.2f} GB = {peak_ratio:.2f}x; "
-                f"scale alone took {check['single_seconds']:.1f} s) -> {'MET' if ratio <= TARGET_MEMORY_RATIO else 'NOT MET'}"
+                f"scale alone took {check['single_seconds']:.1f} s) -> {verdict}"
             )  # fmt: skip
     return lines
 

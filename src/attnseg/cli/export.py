@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dynamic", action="store_true", default=defaults.dynamic,
                         help="symbolic batch/height/width; traced at a small size (less export memory)")  # fmt: skip
     parser.add_argument("--output", choices=("logits", "softmax", "argmax"), default=defaults.output,
-                        help="graph output: float logits/probabilities (N,K,H,W) or uint8 ids (N,H,W); default %(default)s")
+                        help="float logits/probabilities (N,K,H,W) or uint8 ids (N,H,W); default %(default)s")
     parser.add_argument("--scales", type=_scales, default=defaults.scales,
                         help="scales fused inside the graph (MscaleOCR), e.g. 0.5,1.0,2.0; default: the model's own")
     parser.add_argument("--opset", type=int, default=defaults.opset, help="ONNX opset (default %(default)s)")

@@ -78,7 +78,7 @@ class ExportSidecar:
         output_dtype: ``"float32"``, ``"uint8"`` or ``"int64"``.
         scales: the scales fused inside the graph (hierarchical attention), ``[1.0]`` for a single scale.
         opset: ONNX opset (ONNX files only).
-        format: ``"onnx"`` or ``"openvino"``.
+        model_format: ``"onnx"`` or ``"openvino"``.
         precision: default inference precision hint (OpenVINO: ``"fp32"``/``"bf16"``); ``"fp32"`` for ONNX.
         trace_shape: the example input shape the graph was traced with.
         attnseg_version: version that wrote the file.
@@ -100,7 +100,7 @@ class ExportSidecar:
     output_dtype: str = "float32"
     scales: list[float] = field(default_factory=lambda: [1.0])
     opset: int | None = 17
-    format: str = "onnx"
+    model_format: str = "onnx"
     precision: str = "fp32"
     trace_shape: list[int] = field(default_factory=list)
     attnseg_version: str = ""
@@ -400,11 +400,12 @@ def export_onnx(
             model=str(info["model"]), model_kwargs=dict(info["model_kwargs"]), num_classes=num_classes,
             class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
             std=info["std"], input_shape=input_dims, output_name=output_name, output=output, output_dtype=out_dtype,
-            scales=[float(s) for s in used_scales], opset=opset, format="onnx", trace_shape=list(trace_shape),
+            scales=[float(s) for s in used_scales], opset=opset, model_format="onnx", trace_shape=list(trace_shape),
             attnseg_version=attnseg.__version__,
         )  # fmt: skip
         if len(info["class_names"]) != num_classes:
-            raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {len(info['class_names'])}")
+            named = len(info["class_names"])
+            raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {named}")
         if verify:
             sizes = [trace_shape[2:]]
             if dynamic:
@@ -448,7 +449,8 @@ def verify_onnx(
             raise ExportError(f"{path}: the graph fails at input shape {list(shape)} (a size frozen into the graph? "
                               f"export this model with a fixed input shape, without dynamic axes): {error}") from error
         if actual.shape != expected.shape:
-            raise ExportError(f"{path}: output shape {actual.shape} at input {list(shape)}, PyTorch gives {expected.shape}")
+            raise ExportError(f"{path}: output shape {actual.shape} at input {list(shape)}, "
+                              f"PyTorch gives {expected.shape}")
         if output == "argmax":
             agreement = label_agreement(actual, expected)
             results.append({"shape": list(shape), "agreement": agreement})
@@ -459,5 +461,5 @@ def verify_onnx(
             results.append({"shape": list(shape), "relative_error": error})
             if error > tolerance:
                 raise ExportError(f"{path}: ONNX output differs from PyTorch by {error:.2e} (relative) at "
-                                  f"{list(shape)}; the graph may have frozen a size (export with a fixed shape)")  # fmt: skip
+                                  f"{list(shape)}; a size frozen into the graph? (export with a fixed input shape)")
     return results

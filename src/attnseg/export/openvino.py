@@ -31,7 +31,7 @@ def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise AttnsegError("OpenVINO is not installed; `pip install openvino` (or `pip install attnseg[openvino]`)") from None
+        raise AttnsegError("OpenVINO is not installed: `pip install openvino` (or attnseg[openvino])") from None
     return openvino
 
 
@@ -79,7 +79,7 @@ def export_openvino(
         onnx_sidecar = read_export_sidecar(onnx_path)
         converted = ov.convert_model(str(onnx_path))
         ov.save_model(converted, str(path), compress_to_fp16=False)
-    result = dataclasses.replace(onnx_sidecar, format="openvino", precision=precision)
+    result = dataclasses.replace(onnx_sidecar, model_format="openvino", precision=precision)
     write_export_sidecar(path, result)
     return result
 

@@ -297,7 +297,7 @@ def check_scales_fit(sidecar: ExportSidecar, scales: Sequence[float] | None, pat
     """Raise if in-graph scales other than the exported ones are asked of an exported model."""
     if scales is not None and [float(s) for s in scales] != [float(s) for s in sidecar.scales]:
         raise AttnsegError(f"{path} fuses scales {sidecar.scales} inside its graph (fixed at export); "
-                           f"re-export with --scales {','.join(str(s) for s in scales)} to use other scales")  # fmt: skip
+                           f"re-export with --scales {','.join(str(s) for s in scales)} for other scales")  # fmt: skip
 
 
 def predictor_from_export(
