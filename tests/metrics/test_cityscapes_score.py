@@ -259,3 +259,20 @@ def test_pair_counts_histogram_and_bincount_paths_agree(monkeypatch):
     np.testing.assert_array_equal(cityscapes._pair_counts(label_ids, prediction, 34), expected)
     monkeypatch.setattr(cityscapes, "_FLOAT32_EXACT_COUNT", 0)  # images too large for float32 counts
     np.testing.assert_array_equal(cityscapes._pair_counts(label_ids, prediction, 34), expected)
+
+
+@pytest.mark.parametrize("hit_pattern", ["none", "class_only", "category_only", "both"])
+def test_instance_counts_whatever_slot_the_last_instance_fills(hit_pattern):
+    """The highest instance id may end on any of its four hit/miss slots (a regression: it once had to be the last)."""
+    label_ids = np.full((4, 6), 7, dtype=np.uint8)  # road
+    instance_ids = label_ids.astype(np.int32).copy()
+    label_ids[:, :3] = 26  # car
+    instance_ids[:, :3] = 26 * 1000 + 3
+    prediction = label_ids.copy()
+    car_prediction = {"none": 7, "class_only": 26, "category_only": 27, "both": 26}[hit_pattern]  # 27 = truck
+    prediction[:, :3] = car_prediction
+    stats = cityscapes.image_stats(prediction, label_ids, instance_ids)
+    car = 26
+    hits = 1.0 if hit_pattern in ("class_only", "both") else 0.0
+    assert stats.class_tp[car] + stats.class_fn[car] > 0
+    assert math.isclose(stats.class_tp[car] / (stats.class_tp[car] + stats.class_fn[car]), hits)

@@ -157,7 +157,9 @@ def image_stats(prediction: np.ndarray, label_ids: np.ndarray, instance_ids: np.
     class_hit = predicted == class_of_pixel
     category_hit = TABLES.category[predicted] == TABLES.category[class_of_pixel]
     codes = instance_of_pixel * 4 + class_hit + 2 * category_hit
-    counts = np.bincount(codes, minlength=4).reshape(-1, 4) if codes.size else np.zeros((1, 4), np.int64)
+    # minlength covers all four slots of the highest instance, whichever of its slots is actually hit.
+    slots = 4 * (int(instance_of_pixel.max()) + 1) if codes.size else 4
+    counts = np.bincount(codes, minlength=slots).reshape(-1, 4)
     sizes = counts.sum(axis=1)
     class_hits = counts[:, 1] + counts[:, 3]
     category_hits = counts[:, 2] + counts[:, 3]

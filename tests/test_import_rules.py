@@ -1,0 +1,39 @@
+"""Architecture rules: models depend only on torch and themselves; engine/inference never read configs."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "attnseg"
+STANDARD_LIBRARY_OK = {"__future__", "collections", "dataclasses", "functools", "itertools", "math", "typing", "re"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "models").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_models_import_only_torch_and_themselves(path):
+    for name in imported_modules(path):
+        top = name.split(".")[0]
+        allowed = top in {"torch", "numpy"} | STANDARD_LIBRARY_OK or name.startswith("attnseg.models")
+        assert allowed, f"{path.relative_to(PACKAGE)} imports {name}: model code may import only torch and attnseg.models"
+
+
+@pytest.mark.parametrize("folder", ["models", "engine", "inference", "losses", "metrics", "export"])
+def test_library_code_does_not_read_configs(folder):
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        if path.name == "build.py":
+            continue  # builders are where config sections become constructor arguments
+        for name in imported_modules(path):
+            assert not name.startswith("attnseg.config"), (
+                f"{path.relative_to(PACKAGE)} imports {name}: only the CLI and builders read configs"
+            )
