@@ -306,6 +306,14 @@ def _checkpoint_fields(sidecar: Any, model: nn.Module, num_classes: int) -> dict
     return info
 
 
+def _declared_classes(sidecar: Any) -> int | None:
+    """Class count a checkpoint sidecar states (saves a forward pass just to learn it)."""
+    if sidecar is None:
+        return None
+    names = sidecar.get("class_names") if isinstance(sidecar, Mapping) else getattr(sidecar, "class_names", None)
+    return len(names) if names else None
+
+
 def _num_classes(wrapper: ExportWrapper, images: torch.Tensor) -> int:
     with torch.inference_mode():
         result = wrapper.model(images)
@@ -374,7 +382,7 @@ def export_onnx(
     with inference_scales(model, scales) as used_scales:
         wrapper = ExportWrapper(model, output).eval()
         images = example_input(trace_shape)
-        num_classes = _num_classes(wrapper, example_input((1, 3, 64, 64)))
+        num_classes = _declared_classes(sidecar) or _num_classes(wrapper, example_input((1, *trace_shape[1:])))
         dynamic_axes = None
         if dynamic:
             out_axes = {0: "batch", 2: "height", 3: "width"} if output != "argmax" else {0: "batch", 1: "height",
