@@ -253,3 +253,18 @@ def test_demo_page_screenshot(tiny_demo, tmp_path):
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] >= 600
     assert image.std() > 10  # pictures and tables, not a blank page
+
+
+def test_demo_psanet_averages_scales(tmp_path, capsys):
+    from attnseg.cli.main import main
+
+    code = main(["demo", "--model", "psanet_r18_narrow", "--out", str(tmp_path), "--train-images", "2",
+                 "--val-images", "1", "--size", "32x64", "--pictures", "1", "--no-progress", "train.iters=1",
+                 "train.batch_size=2", "data.crop_size=[32,64]", "data.class_uniform_tile=32"])  # fmt: skip
+    assert code == 0
+    record = json.loads((tmp_path / "demo_metrics.json").read_text())
+    assert record["model"] == "psanet_r18_narrow"
+    assert list(record["results"]) == ["single", "average3", "average_flip"]
+    page = (tmp_path / "index.html").read_text()
+    assert 'src="pictures/compare/' in page and "attn_" not in page
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("[demo] open file://")

@@ -481,16 +481,17 @@ def _evaluate_all(experiment, model: nn.Module, single_metrics, out_dir: Path, n
     class_names, palette = _class_table(model_cfg.num_classes)
     hierarchical = hasattr(model, "eval_scales")
     recipes = demo_recipes(hierarchical)
+    drawn = recipes[1] if hierarchical else recipes[0]
     pictures = PictureWriter(out_dir / "pictures", np.asarray(palette), data_cfg.mean, data_cfg.std, num_pictures,
-                             recipes[1].scales if hierarchical else None)  # fmt: skip
+                             recipes[1].scales if hierarchical else None, drawn.title)  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     for recipe in recipes:
         t0 = time.perf_counter()
-        if recipe.key == "single" and single_metrics is not None:
+        if recipe.key == "single" and single_metrics is not None and recipe is not drawn:
             metrics, seconds = single_metrics
         else:
             loader = build_eval_loader(data_cfg, eval_cfg.split, batch_size=1, num_workers=eval_cfg.num_workers)
-            draws = recipe is recipes[1] if hierarchical else recipe.key == "single"
+            draws = recipe is drawn
             metrics = evaluate_model(
                 model, loader, model_cfg.num_classes, scales=recipe.scales, multi_scale=recipe.multi_scale,
                 flip=recipe.flip, precision=eval_cfg.precision, progress=progress, fusion=eval_cfg.fusion,
@@ -538,7 +539,7 @@ class PictureWriter:
     """
 
     def __init__(self, out_dir: Path, palette: np.ndarray, mean: Sequence[float], std: Sequence[float], limit: int,
-                 scales: Sequence[float] | None):  # fmt: skip
+                 scales: Sequence[float] | None, recipe_title: str = ""):  # fmt: skip
         from attnseg.inference.dump import PredictionDumper
 
         self.out_dir = Path(out_dir)
@@ -546,6 +547,7 @@ class PictureWriter:
         self.scales = tuple(scales) if scales else None
         self.dumper = PredictionDumper(out_dir, palette, mean, std, kinds=("overlay", "compare"))
         self.palette = palette
+        self.recipe_title = recipe_title
         self.written: list[dict[str, Any]] = []
 
     def __call__(self, names: list[str], predictions: np.ndarray, extras: dict[str, Any]) -> None:
@@ -560,7 +562,8 @@ class PictureWriter:
         output = extras.get("output")
         for index, name in enumerate(names[:keep]):
             stem = safe_name(name)
-            entry: dict[str, Any] = {"name": str(name), "overlay": f"pictures/overlay/{stem}.png",
+            entry: dict[str, Any] = {"name": str(name), "recipe": self.recipe_title,
+                                     "overlay": f"pictures/overlay/{stem}.png",
                                      "compare": f"pictures/compare/{stem}.png"}  # fmt: skip
             if self.scales and output is not None and getattr(output, "scale_attention", None):
                 entry.update(self._write_attention(stem, output, index, batch))
@@ -577,7 +580,7 @@ class PictureWriter:
         image = denormalize_image(batch["image"][index], self.dumper.mean, self.dumper.std)
         height, width = image.shape[:2]
         entry: dict[str, Any] = {"attention": {}, "weights": {}, "scale_predictions": {}}
-        for scale, maps in attention.items():
+        for scale, maps in sorted(attention.items()):
             path = self.out_dir / "attention" / f"{stem}_attn_{scale:g}x.png"
             write_png(path, _heatmap(maps[0, 0], (height, width)))
             entry["attention"][f"{scale:g}"] = f"pictures/attention/{path.name}"
@@ -585,7 +588,7 @@ class PictureWriter:
             path = self.out_dir / "attention" / f"{stem}_share_{scale:g}x.png"
             write_png(path, _heatmap(maps[0, 0], (height, width)))
             entry["weights"][f"{scale:g}"] = f"pictures/attention/{path.name}"
-        for scale, logits in output.scale_logits.items():
+        for scale, logits in sorted(output.scale_logits.items()):
             ids = logits[index].float().max(dim=0).indices.to(torch.uint8).cpu().numpy()
             colors = cv2.resize(colorize(ids, self.palette), (width, height), interpolation=cv2.INTER_NEAREST)
             path = self.out_dir / "attention" / f"{stem}_pred_{scale:g}x.png"
@@ -660,11 +663,13 @@ def write_index_html(out_dir: str | os.PathLike, record: Mapping[str, Any], pict
     parts.append("<h2>Pictures</h2>")
     legend = ("<p>Each row: prediction overlay; input | ground truth | prediction overlay; for MscaleOCR the learned "
               "attention of each scale, the share each scale has in the fused prediction (red 0.5x, green 1.0x, blue "
-              "2.0x) and each scale's own prediction.</p>")  # fmt: skip
+              "2.0x) and each scale's own prediction. Attention and shares use the viridis colour map: dark blue 0, "
+              "green 0.5, yellow 1.</p>")  # fmt: skip
     parts.append(legend)
     for picture in pictures:
         parts.append(f'<div class="row"><h3>{esc(str(picture.get("name", "")))}</h3>')
-        parts.append(_figure(picture.get("compare"), "input | ground truth | prediction (hierarchical)", width=1200))
+        recipe = f" ({picture['recipe']})" if picture.get("recipe") else ""
+        parts.append(_figure(picture.get("compare"), f"input | ground truth | prediction{recipe}", width=1200))
         parts.append("<br>")
         parts.append(_figure(picture.get("overlay"), "prediction overlay", width=400))
         if picture.get("shares_rgb"):
