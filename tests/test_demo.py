@@ -153,7 +153,7 @@ class _SlowLoader:
             yield {"image": torch.randn(1, 3, 4, 4), "label": torch.randint(0, 2, (1, 4, 4))}
 
 
-def _trainer(tmp_path, deadline, delay=0.0, max_iters=12):
+def _trainer(tmp_path, deadline, delay=0.0, max_iters=12, reserve=0.0):
     model = _TinyNet()
 
     def criterion(output, labels):
@@ -162,7 +162,8 @@ def _trainer(tmp_path, deadline, delay=0.0, max_iters=12):
 
     return DeadlineTrainer(model, criterion, torch.optim.SGD(model.parameters(), lr=0.1), _SlowLoader(delay),
                            _Sampler(), max_iters=max_iters, run_dir=tmp_path, progress=False, tensorboard=False,
-                           log_interval=100, deadline=deadline, warmup_steps=2, replan_every=2)
+                           log_interval=100, deadline=deadline, reserve=reserve, warmup_steps=2,
+                           replan_every=2)  # fmt: skip
 
 
 def test_deadline_trainer_without_deadline_runs_all_iterations(tmp_path):
@@ -184,6 +185,20 @@ def test_deadline_trainer_replans_from_step_time(tmp_path):
     assert 3 <= iterations < 20
     assert trainer.stopped_by_deadline
     assert trainer.schedule["max_iters"] == trainer.max_iters == iterations
+
+
+def test_deadline_trainer_keeps_the_reserve_it_is_told(tmp_path):
+    calls = []
+
+    def reserve():  # what follows training suddenly needs more than the whole budget
+        calls.append(1)
+        return 1000.0
+
+    trainer = _trainer(tmp_path, time.perf_counter() + 100.0, max_iters=40, reserve=reserve)
+    assert trainer.train()["iteration"] <= 4  # stops at the first re-plan (after 2 warm-up steps)
+    assert calls and trainer.stopped_by_deadline
+    fixed = _trainer(tmp_path / "fixed", time.perf_counter() + 100.0, max_iters=5, reserve=50.0)
+    assert fixed.train()["iteration"] == 5 and fixed.training_deadline < fixed.deadline
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,6 +246,10 @@ def test_demo_run_dir_feeds_attnseg_eval(tiny_demo, capsys):
     single = json.loads((tiny_demo / "demo_metrics.json").read_text())["results"]["single"]
     # bf16 evaluation in the demo, fp32 here: same trained weights, the confusion may differ by a few pixels.
     assert again["numImages"] == 1 and abs(again["Acc"] - single["Acc"]) < 0.05
+    predictions = tiny_demo / "predict"
+    assert main(["predict", str(run), str(tiny_demo / "data" / "leftImg8bit" / "val"), "--out", str(predictions),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert len(list(predictions.rglob("*_labels.png"))) == 1
 
 
 def test_demo_rejects_an_existing_run(tiny_demo, capsys):

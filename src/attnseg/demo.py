@@ -160,16 +160,21 @@ class DeadlineTrainer(Trainer):
 
     Args:
         *args, **kwargs: as for `Trainer`.
-        deadline: `time.perf_counter()` value by which training (its final evaluation excluded) must end; None
-            trains the full `max_iters`.
+        deadline: `time.perf_counter()` value by which training and what follows it must end; None trains the
+            full `max_iters`.
+        reserve: seconds kept before `deadline` for what follows training (its final evaluation included), or a
+            function returning them, called at every re-plan: a machine that gets busier or quieter changes the
+            evaluation time as much as the step time, so the demo re-measures an inference pass there.
         warmup_steps: steps before the first measurement (the first ones pay for allocator and oneDNN set-up).
         replan_every: steps between re-plans.
     """
 
-    def __init__(self, *args: Any, deadline: float | None = None, warmup_steps: int = 3, replan_every: int = 10,
-                 **kwargs: Any):  # fmt: skip
+    def __init__(self, *args: Any, deadline: float | None = None, reserve: float | Callable[[], float] = 0.0,
+                 warmup_steps: int = 3, replan_every: int = 10, **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.deadline = deadline
+        self.reserve_fn = reserve if callable(reserve) else None
+        self.reserve = 0.0 if callable(reserve) else max(0.0, float(reserve))
         self.warmup_steps = max(1, warmup_steps)
         self.replan_every = max(1, replan_every)
         self.planned_iters = self.max_iters
@@ -185,7 +190,7 @@ class DeadlineTrainer(Trainer):
         now = time.perf_counter()
         self._step_starts.append(now)
         if self.deadline is not None:
-            if now >= self.deadline and self.iteration + 1 < self.max_iters:
+            if now >= self.training_deadline and self.iteration + 1 < self.max_iters:
                 self._set_max_iters(self.iteration + 1)  # past the deadline: this step is the last
                 self.stopped_by_deadline = True
             else:
@@ -198,10 +203,18 @@ class DeadlineTrainer(Trainer):
             return
         recent = self._step_starts[max(1, len(self._step_starts) - 1 - 2 * self.replan_every):]
         per_iter = (recent[-1] - recent[0]) / max(1, len(recent) - 1)
-        target = affordable_iters(self.iteration, self.deadline - now, per_iter, self.planned_iters)
+        if self.reserve_fn is not None:
+            self.reserve = max(0.0, float(self.reserve_fn()))
+            now = time.perf_counter()
+        target = affordable_iters(self.iteration, self.training_deadline - now, per_iter, self.planned_iters)
         if target != self.max_iters:
             self.stopped_by_deadline = target < self.planned_iters
             self._set_max_iters(target)
+
+    @property
+    def training_deadline(self) -> float:
+        """When training must end: `deadline` minus the latest reserve."""
+        return math.inf if self.deadline is None else self.deadline - self.reserve
 
     def _set_max_iters(self, iters: int) -> None:
         self.max_iters = iters
@@ -265,8 +278,11 @@ def ensure_dataset(
     return True
 
 
-def measure_inference_pass(model: nn.Module, height: int, width: int, precision: str, repeats: int = 2) -> float:
-    """Seconds of one scale-1.0 eval-mode forward on a (1, 3, height, width) input (after one warm-up pass)."""
+def measure_inference_pass(
+    model: nn.Module, height: int, width: int, precision: str, warmup: int = 1, repeats: int = 2
+) -> float:
+    """Seconds of one scale-1.0 eval-mode forward on a (1, 3, height, width) input: the fastest of `repeats` passes
+    after `warmup` untimed ones. Train/eval mode and MscaleOCR's `eval_scales` are restored."""
     was_training = model.training
     saved_scales = getattr(model, "eval_scales", None)
     if saved_scales is not None:
@@ -276,7 +292,7 @@ def measure_inference_pass(model: nn.Module, height: int, width: int, precision:
     times = []
     try:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for _ in range(repeats + 1):
+            for _ in range(warmup + max(1, repeats)):
                 start = time.perf_counter()
                 model(images)
                 times.append(time.perf_counter() - start)
@@ -284,7 +300,7 @@ def measure_inference_pass(model: nn.Module, height: int, width: int, precision:
         if saved_scales is not None:
             model.eval_scales = saved_scales
         model.train(was_training)
-    return float(min(times[1:]))
+    return float(min(times[warmup:]))
 
 
 def _log(message: str) -> None:
@@ -431,9 +447,13 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
     recipes = demo_recipes(hasattr(model, "eval_scales"))
     per_pass = measure_inference_pass(model, *image_size, precision=eval_cfg.precision)
     reserve = evaluation_reserve(per_pass, num_val, recipes)
-    train_deadline = deadline - reserve
+
+    def current_reserve() -> float:  # one pass (~1/6 of a training step) every re-plan: tracks the machine's load
+        return evaluation_reserve(measure_inference_pass(model, *image_size, eval_cfg.precision, warmup=0, repeats=1),
+                                  num_val, recipes)  # fmt: skip
+
     log(f"[demo] one {image_size[0]}x{image_size[1]} inference pass: {per_pass * 1000:.0f} ms; keeping "
-        f"{reserve:.0f} s for evaluation and pictures; training may run {max(train_deadline - time.perf_counter(), 0):.0f} s")
+        f"{reserve:.0f} s for evaluation and pictures; training may run {max(deadline - reserve - time.perf_counter(), 0):.0f} s")
 
     optimizer = build_optimizer(model, train_cfg)
     criterion = build_criterion_from_config(train_cfg, model_cfg.num_classes, data_cfg.ignore_index)
@@ -461,7 +481,8 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
         end_lr=train_cfg.end_lr, warmup_iters=train_cfg.warmup_iters, warmup_start_factor=train_cfg.warmup_start_factor,
         grad_clip_norm=train_cfg.grad_clip_norm, ema_decay=train_cfg.ema_decay, evaluate_fn=evaluate,
         eval_interval=0, save_interval=0, log_interval=train_cfg.log_interval, save_weights=save_weights,
-        progress=progress, tensorboard=False, palette=palette, deadline=train_deadline,
+        progress=progress, tensorboard=False, palette=palette, deadline=deadline,
+        reserve=current_reserve, replan_every=10,
     )  # fmt: skip
     result = trainer.train()
     summary = {**result, "planned_iters": trainer.planned_iters, "stopped_by_deadline": trainer.stopped_by_deadline}
