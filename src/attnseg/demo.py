@@ -18,13 +18,11 @@ The time budget is a deadline, not a promise about the machine: on a busy CPU th
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,7 +108,9 @@ def affordable_iters(
     return int(min(max_iters, max(iteration + more, iteration + 1, min_iters)))
 
 
-def effective_scale_weights(attention: Mapping[float, torch.Tensor], scales: Sequence[float]) -> dict[float, torch.Tensor]:
+def effective_scale_weights(
+    attention: Mapping[float, torch.Tensor], scales: Sequence[float]
+) -> dict[float, torch.Tensor]:
     """Per-pixel share of each scale in MscaleOCR's hierarchically fused prediction, at the input size.
 
     The fusion runs from the largest scale down: ``p <- a_s * p_s + (1 - a_s) * p``, so scale s contributes
@@ -405,8 +405,9 @@ def run_demo(
     metrics_path.write_text(json.dumps(record, indent=2) + "\n")
     index = write_index_html(out_dir, record, pictures)
     _print_summary(results, log)
-    log(f"[demo] done in {timings['total'] / 60:.1f} min (data {timings['data']:.0f} s, train {timings['train']:.0f} s, "
-        f"evaluation + pictures {timings['evaluate']:.0f} s); try `attnseg eval {run_dir}/config.yaml --weights {run_dir}`")
+    log(f"[demo] done in {timings['total'] / 60:.1f} min (data {timings['data']:.0f} s, "
+        f"train {timings['train']:.0f} s, evaluation + pictures {timings['evaluate']:.0f} s); evaluate again: "
+        f"attnseg eval {run_dir}/config.yaml --weights {run_dir}")  # fmt: skip
     log(f"[demo] open {index.resolve().as_uri()}")
     return DemoResult(out_dir, run_dir, index, metrics_path, results, timings, summary["iteration"])
 
@@ -453,7 +454,8 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
                                   num_val, recipes)  # fmt: skip
 
     log(f"[demo] one {image_size[0]}x{image_size[1]} inference pass: {per_pass * 1000:.0f} ms; keeping "
-        f"{reserve:.0f} s for evaluation and pictures; training may run {max(deadline - reserve - time.perf_counter(), 0):.0f} s")
+        f"{reserve:.0f} s for evaluation and pictures; training may run "
+        f"{max(deadline - reserve - time.perf_counter(), 0):.0f} s")  # fmt: skip
 
     optimizer = build_optimizer(model, train_cfg)
     criterion = build_criterion_from_config(train_cfg, model_cfg.num_classes, data_cfg.ignore_index)
@@ -647,7 +649,9 @@ def _heatmap(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def write_index_html(out_dir: str | os.PathLike, record: Mapping[str, Any], pictures: Sequence[Mapping[str, Any]]) -> Path:
+def write_index_html(
+    out_dir: str | os.PathLike, record: Mapping[str, Any], pictures: Sequence[Mapping[str, Any]]
+) -> Path:
     """Write ``<out_dir>/index.html``: metrics table, per-class IoU, and the pictures (relative links).
 
     Args:
@@ -730,7 +734,8 @@ def _results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         css = ' class="best"' if miou is not None and miou == best else ""
         rows.append(f"<tr{css}><td>{html.escape(str(result.get('title', key)))}</td><td>{_num(miou)}</td>"
                     f"<td>{_num(result.get('Acc'))}</td><td>{_num(result.get('mDice'))}</td>"
-                    f"<td>{_num(result.get('Kappa'))}</td><td>{float(result.get('seconds', 0)):.1f}</td></tr>")  # fmt: skip
+                    f"<td>{_num(result.get('Kappa'))}</td>"
+                    f"<td>{float(result.get('seconds', 0)):.1f}</td></tr>")  # fmt: skip
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -764,6 +769,3 @@ __all__ = [
     "run_demo",
     "write_index_html",
 ]
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `attnseg demo`")
