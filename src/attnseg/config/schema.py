@@ -47,6 +47,13 @@ class DataConfig:
     coarse_boost_classes: tuple[int, ...] = ()
     # Stop using coarse images from this epoch on (NVIDIA max_cu_epoch); None = never.
     coarse_max_epoch: int | None = None
+    # coarse: autolabelled only (NVIDIA sota recipe; applied per sample at load time, see attnseg.data.cityscapes):
+    # ignore pixels whose refinement_final confidence map (*_leftImg8bit_prob.png) is below this (custom_coarse_prob);
+    autolabel_min_confidence: float | None = None
+    # trainIds given by the union of autolabel and gtCoarse where the autolabel has them (custom_coarse_dropout_classes)
+    autolabel_gtcoarse_classes: tuple[int, ...] = ()
+    # ignore the ego-car border, outside rows 15..839 / columns 14..2029 of 1024x2048 (mask_out_cityscapes).
+    autolabel_mask_border: bool = False
     # Fraction of crops centred on a uniformly drawn class (NVIDIA class-uniform sampling); 0 disables it.
     class_uniform_fraction: float = 0.0
     class_uniform_tile: int = 1024  # NVIDIA class_uniform_tile: centroids are computed per tile of this side
@@ -82,6 +89,13 @@ class DataConfig:
             raise ValueError(f"crop_size must be positive (height, width), got {self.crop_size}")
         if not 0.0 <= self.hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter is a fraction of the colour circle in [0, 0.5], got {self.hue_jitter}")
+        uses_autolabel_options = (self.autolabel_min_confidence is not None or self.autolabel_gtcoarse_classes
+                                  or self.autolabel_mask_border)
+        if uses_autolabel_options and self.coarse != "autolabelled":
+            raise ValueError("autolabel_min_confidence / autolabel_gtcoarse_classes / autolabel_mask_border apply to "
+                             f"coarse 'autolabelled' only, not {self.coarse!r}")
+        if self.autolabel_min_confidence is not None and not 0.0 <= self.autolabel_min_confidence <= 1.0:
+            raise ValueError(f"autolabel_min_confidence must be in [0, 1], got {self.autolabel_min_confidence}")
         if self.coarse_mix == "boost" and self.coarse != "none" and self.class_uniform_fraction <= 0:
             raise ValueError("coarse_mix 'boost' adds coarse images only through class-uniform crops; "
                              "set class_uniform_fraction > 0")

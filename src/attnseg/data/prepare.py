@@ -277,7 +277,8 @@ def prepare_autolabelled(
 
     Reads ``refinement_final/train_extra/<city>/<frame>_leftImg8bit.png`` (or ``refinement_final/<city>/...``),
     labelIds per pixel, and writes trainIds with the same file name to ``convert_autolabelled/<city>/``. The ``tmp``
-    folder of the download is skipped. If ``gtCoarse/`` exists, its frames get ``*_gtCoarse_labelTrainIds.png``.
+    folder of the download and the confidence maps ``*_leftImg8bit_prob.png`` are skipped. If ``gtCoarse/`` exists,
+    its frames get ``*_gtCoarse_labelTrainIds.png``.
     ``train_extra.txt`` pairs each ``leftImg8bit_trainextra/leftImg8bit/train_extra`` image with its converted label.
     """
     root = Path(root)
@@ -285,7 +286,9 @@ def prepare_autolabelled(
     source_root = _autolabel_root(root)
     tasks = []
     for city_dir in sorted(p for p in source_root.iterdir() if p.is_dir() and p.name != "tmp"):
-        for source in sorted(city_dir.glob("*.png")):
+        # Only the labels: the confidence maps beside them (*_leftImg8bit_prob.png) stay where they are; the
+        # dataset reads them there at load time (autolabel_min_confidence).
+        for source in sorted(city_dir.glob("*_leftImg8bit.png")):
             output = root / "convert_autolabelled" / city_dir.name / source.name
             tasks.append(_Task(str(source), str(output), "autolabel", overwrite))
     if not tasks:

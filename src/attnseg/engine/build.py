@@ -63,7 +63,12 @@ def build_train_datasets(data_cfg: DataConfig) -> tuple[Dataset, Dataset | None]
         fine = CityscapesDataset(data_cfg.root, data_cfg.train_split, mode="fine")
         coarse = None
         if data_cfg.coarse != "none":
-            coarse = CityscapesDataset(data_cfg.root, "train_extra", mode=data_cfg.coarse)
+            options = {}
+            if data_cfg.coarse == "autolabelled":
+                options = dict(autolabel_min_confidence=data_cfg.autolabel_min_confidence,
+                               autolabel_gtcoarse_classes=data_cfg.autolabel_gtcoarse_classes,
+                               autolabel_mask_border=data_cfg.autolabel_mask_border)
+            coarse = CityscapesDataset(data_cfg.root, "train_extra", mode=data_cfg.coarse, **options)
         return fine, coarse
     if data_cfg.coarse != "none":
         raise ConfigError(f"data.coarse={data_cfg.coarse!r} exists only for data.dataset=cityscapes")
@@ -88,10 +93,15 @@ def dataset_label_files(dataset: Any) -> list[str] | None:
 
 
 def label_loader(dataset: Any):
-    """A function index -> trainId label array, without decoding the image when the dataset allows it."""
+    """A function index -> trainId label array, without decoding the image when the dataset allows it.
+
+    A dataset's `centroid_label` (the label its centroids are computed on, e.g. autolabels before the load-time
+    confidence threshold) is preferred to its `load_label`.
+    """
     samples = getattr(dataset, "samples", None)
-    if samples is not None and hasattr(dataset, "load_label"):
-        return lambda index: dataset.load_label(samples[index])
+    load = getattr(dataset, "centroid_label", None) or getattr(dataset, "load_label", None)
+    if samples is not None and load is not None:
+        return lambda index: load(samples[index])
     return lambda index: np.asarray(dataset[index]["label"])
 
 
@@ -101,7 +111,8 @@ def dataset_centroids(
     """Class centroids of `dataset`, from the content-keyed cache or computed once (rank 0) and cached."""
     files = dataset_label_files(dataset)
     if files is not None:
-        key = dataset_fingerprint(files, "centroids/1", num_classes, tile)
+        key = dataset_fingerprint(files, "centroids/1", num_classes, tile,
+                                  *getattr(dataset, "label_options", ()))
     else:  # no file list (e.g. an in-memory dataset): key on the labels themselves
         digest = hashlib.sha256(repr(("centroids/1", num_classes, tile, len(dataset))).encode())
         load = label_loader(dataset)
