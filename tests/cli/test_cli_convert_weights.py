@@ -30,6 +30,8 @@ def test_paddle_mscale_release_layout_converts_to_a_native_checkpoint(tmp_path, 
     # CityscapesSOTA's configs normalise with ImageNet statistics, not PaddleSeg's 0.5/0.5 default.
     assert sidecar["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
     assert sidecar["extra"]["source_layout"] == "paddle"
+    # PaddleSeg resizes inputs by scale_factor as given (not recomputed from the floored size).
+    assert sidecar["model_kwargs"] == {"resize_recompute_scale_factor": False}
 
     # Read one deep entry back without building the 72 M-parameter model again (load_model has its own tests).
     with safe_open(tmp_path / "out" / "cityscapes_sota.safetensors", framework="pt") as weights:
@@ -49,6 +51,7 @@ def test_nvidia_layout_of_a_small_variant_is_recognised(tmp_path, capsys):
     assert "mscale_ocr_hrnet_w18_small with 7 classes" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "small.json").read_text())
     assert sidecar["class_names"] == [f"class_{i}" for i in range(7)] and len(sidecar["palette"]) == 7
+    assert sidecar["model_kwargs"] == {}  # NVIDIA's own resize is the model default
 
 
 def test_convert_weights_reports_a_class_count_mismatch(tmp_path, capsys):

@@ -8,6 +8,7 @@ import numpy as np
 import parity
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attnseg.models.mscale.fusion import (
     ScaleOutputs,
@@ -64,6 +65,90 @@ def test_resize_by_scale_matches_scaled_size(scale):
 def test_resize_by_one_is_identity():
     image = parity.nvidia_comb_image()
     assert resize_by_scale(image, 1.0) is image
+
+
+def bilinear_rows_then_columns(image: torch.Tensor, size: tuple[int, int], step: tuple[float, float]) -> torch.Tensor:
+    """Separable bilinear resize (align_corners=False) sampling output pixel i at input ``(i + 0.5) * step - 0.5``,
+    clamped at the borders: an independent statement of what each resize mode means."""
+
+    def along(x: np.ndarray, axis: int, out: int, stride: float) -> np.ndarray:
+        length = x.shape[axis]
+        source = np.maximum((np.arange(out) + 0.5) * stride - 0.5, 0.0)
+        low = np.minimum(np.floor(source).astype(int), length - 1)
+        high = np.minimum(low + 1, length - 1)
+        weight = (source - low).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
+
+    x = image.double().numpy()
+    x = along(x, 2, size[0], step[0])
+    return torch.from_numpy(along(x, 3, size[1], step[1]))
+
+
+@pytest.mark.parametrize(("size", "scale"), [((67, 131), 0.5), ((35, 51), 1.5), ((35, 51), 0.25)])
+def test_resize_modes_differ_on_odd_sizes(size, scale):
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    out_size = scaled_size(size, scale)
+    nvidia = resize_by_scale(image, scale)
+    paddle = resize_by_scale(image, scale, recompute_scale_factor=False)
+    assert nvidia.shape[-2:] == paddle.shape[-2:] == out_size
+    # True: a resize to the floored size (samples input/output apart); False: torch's plain scale_factor resize
+    # (samples 1/scale apart), which is what PaddleSeg's interpolate(scale_factor=s) computes.
+    torch.testing.assert_close(nvidia, F.interpolate(image, size=out_size, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(paddle, F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False))
+    steps_true = (size[0] / out_size[0], size[1] / out_size[1])
+    # float32 weights in torch: agreement to 1e-5, far below the 1e-3 gap between the modes
+    reference_true = bilinear_rows_then_columns(image, out_size, steps_true)
+    reference_false = bilinear_rows_then_columns(image, out_size, (1 / scale, 1 / scale))
+    torch.testing.assert_close(nvidia.double(), reference_true, rtol=0, atol=1e-5)
+    torch.testing.assert_close(paddle.double(), reference_false, rtol=0, atol=1e-5)
+    assert (nvidia - paddle).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("size", "scale"), [((64, 128), 0.5), ((67, 131), 2.0), ((36, 52), 0.25), ((36, 52), 1.5)])
+def test_resize_modes_agree_when_side_times_scale_is_an_integer(size, scale):
+    image = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    paddle = resize_by_scale(image, scale, recompute_scale_factor=False)
+    torch.testing.assert_close(resize_by_scale(image, scale), paddle, rtol=0, atol=1e-6)
+    assert resize_by_scale(image, 1.0, recompute_scale_factor=False) is image
+
+
+def recording(inputs: list[torch.Tensor]):
+    def forward(image: torch.Tensor) -> ScaleOutputs:
+        inputs.append(image)
+        return fake_forward(image)
+
+    return forward
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_fusions_resize_with_the_chosen_mode(recompute):
+    image = torch.rand(1, 3, 67, 131, generator=torch.Generator().manual_seed(2))
+    expected_low = resize_by_scale(image, 0.5, recompute)
+    seen: list[torch.Tensor] = []
+    hierarchical_fusion(recording(seen), image, [0.5, 1.0, 2.0], recompute_scale_factor=recompute)
+    assert [tuple(x.shape[-2:]) for x in seen] == [(134, 262), (67, 131), (33, 65)]
+    torch.testing.assert_close(seen[2], expected_low, rtol=0, atol=0)
+    seen.clear()
+    two_scale_fusion(recording(seen), image, low_scale=0.5, recompute_scale_factor=recompute)
+    torch.testing.assert_close(seen[0], expected_low, rtol=0, atol=0)
+
+
+def test_mscale_ocr_passes_its_resize_mode_to_both_fusions():
+    from attnseg.models import create_model
+
+    assert create_model("mscale_ocr_hrnet_w18_small", num_classes=3).resize_recompute_scale_factor is True
+    model = create_model("mscale_ocr_hrnet_w18_small", num_classes=3, resize_recompute_scale_factor=False)
+    assert model.resize_recompute_scale_factor is False
+    image = torch.rand(1, 3, 67, 131, generator=torch.Generator().manual_seed(3))
+    seen: list[torch.Tensor] = []
+    model.forward_single_scale = recording(seen)  # the fusion arithmetic only, no network
+    for training in (True, False):
+        seen.clear()
+        model.train(training)
+        model(image)
+        low = seen[0] if training else seen[-1]
+        torch.testing.assert_close(low, resize_by_scale(image, 0.5, recompute_scale_factor=False), rtol=0, atol=0)
+        assert (low - resize_by_scale(image, 0.5)).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -101,6 +101,17 @@ def infer_model(state: dict, converted: dict[str, torch.Tensor], source: str, fa
     return prefix + variant, {}
 
 
+def source_model_kwargs(source: str, model_name: str) -> dict:
+    """Builder arguments that reproduce the source's own forward beyond its weights (recorded in the sidecar).
+
+    PaddleSeg's MscaleOCRNet resizes inputs with ``scale_factor`` as given (samples 1/scale apart), NVIDIA's with
+    the factor recomputed from the output size; they differ on sizes where ``side * scale`` is not an integer.
+    """
+    if source == "paddle" and model_name.startswith("mscale_ocr_"):
+        return {"resize_recompute_scale_factor": False}
+    return {}
+
+
 def infer_num_classes(converted: dict[str, torch.Tensor]) -> int:
     for key in ("ocr.cls_head.weight", "head.classifier.weight"):
         if key in converted:
@@ -146,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         name, kwargs = infer_model(state, converted, source, family)
     if name not in list_models():
         raise WeightsError(f"model {name!r} is not registered; available: {', '.join(list_models())}")
+    kwargs = {**kwargs, **source_model_kwargs(source, name)}
     num_classes = args.num_classes or infer_num_classes(converted)
     model = create_model(name, num_classes=num_classes, **kwargs)
     try:

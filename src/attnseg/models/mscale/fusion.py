@@ -7,7 +7,10 @@ already at the size of the image it was given, so the combination logic is testa
 Semantics pinned down by the reference (and its golden data):
 
 - Images are resized by `scale` with bilinear interpolation, align_corners=False and the output size
-  `floor(side * scale)` (`recompute_scale_factor=True`), e.g. 67x131 at 0.5 -> 33x65.
+  `floor(side * scale)` (`recompute_scale_factor=True`), e.g. 67x131 at 0.5 -> 33x65. Samples are taken at the
+  ratio input/output size (67/33 rows apart). PaddleSeg's port passes ``scale_factor`` without recomputing:
+  same output size, samples 1/scale apart; ``recompute_scale_factor=False`` reproduces it. The two agree
+  whenever ``side * scale`` is an integer.
 - Scales are processed from the largest to the smallest. The largest scale's prediction starts the fusion; its
   attention is not used. For every further scale s with attention a_s (a sigmoid map from that scale's forward):
   - s >= 1.0: the running prediction is resized (down) to this scale's size, then
@@ -67,12 +70,20 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, ...]:
     return tuple(math.floor(float(side) * scale) for side in size)
 
 
-def resize_by_scale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bilinear resize by a factor, output size `scaled_size(images.shape[-2:], scale)`; identity at 1.0."""
+def resize_by_scale(images: torch.Tensor, scale: float, recompute_scale_factor: bool = True) -> torch.Tensor:
+    """Bilinear resize by a factor, output size `scaled_size(images.shape[-2:], scale)`; identity at 1.0.
+
+    Args:
+        images: (N, C, H, W).
+        scale: the resize factor.
+        recompute_scale_factor: True samples the input at the ratio of input to output size (NVIDIA); False at
+            1 / scale (PaddleSeg). Different only where ``side * scale`` is not an integer.
+    """
     if scale == 1.0:
         return images  # bilinear resizing to the same size is an exact copy
-    # scale_factor + recompute_scale_factor keeps the size arithmetic traceable for export with dynamic shapes.
-    return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+    # scale_factor (rather than a size) keeps the size arithmetic traceable for export with dynamic shapes.
+    return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False,
+                         recompute_scale_factor=recompute_scale_factor)
 
 
 def resize_as(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -100,6 +111,7 @@ def hierarchical_fusion(
     images: torch.Tensor,
     scales: Sequence[float],
     keep_scale_outputs: bool = True,
+    recompute_scale_factor: bool = True,
 ) -> FusedOutputs:
     """Fuse predictions over `scales` with the learned attention, one scale after another.
 
@@ -112,6 +124,7 @@ def hierarchical_fusion(
         scales: scales to evaluate, containing 1.0, in any order (e.g. ``(0.5, 1.0, 2.0)``).
         keep_scale_outputs: also return every scale's logits (for dumping). The attention maps that entered the
             fusion are always returned (they have one channel).
+        recompute_scale_factor: how images are resized to each scale (see `resize_by_scale`).
 
     Returns:
         FusedOutputs; with ``scales == [1.0]`` the logits are exactly the plain single-scale forward.
@@ -121,7 +134,8 @@ def hierarchical_fusion(
     fused_aux: torch.Tensor | None = None
     result = FusedOutputs(logits=images.new_empty(0), aux_logits=None)
     for scale in ordered:
-        logits, aux_logits, attention = _as_scale_outputs(scale_forward(resize_by_scale(images, scale)))
+        scaled = resize_by_scale(images, scale, recompute_scale_factor)
+        logits, aux_logits, attention = _as_scale_outputs(scale_forward(scaled))
         if keep_scale_outputs:
             result.scale_logits[scale] = logits
         if fused is None:
@@ -147,7 +161,9 @@ def hierarchical_fusion(
     return result
 
 
-def two_scale_fusion(scale_forward: ScaleForward, images: torch.Tensor, low_scale: float = 0.5) -> FusedOutputs:
+def two_scale_fusion(
+    scale_forward: ScaleForward, images: torch.Tensor, low_scale: float = 0.5, recompute_scale_factor: bool = True
+) -> FusedOutputs:
     """The reference's training-time combination of a low scale with scale 1.0.
 
     The low scale is run first, then 1.0 (as the reference does; BatchNorm running statistics see that order).
@@ -159,6 +175,7 @@ def two_scale_fusion(scale_forward: ScaleForward, images: torch.Tensor, low_scal
         scale_forward: image at one scale -> ScaleOutputs (or tuple / reference dict) at that image's size.
         images: (N, 3, H, W) input at scale 1.0.
         low_scale: the lower scale, < 1.0 (``MSCALE_LO_SCALE`` of the reference, 0.5).
+        recompute_scale_factor: how the image is resized to `low_scale` (see `resize_by_scale`).
 
     Returns:
         FusedOutputs with joint logits/aux, ``scale_logits = {low_scale: p_lo, 1.0: p_1x}`` and
@@ -166,7 +183,8 @@ def two_scale_fusion(scale_forward: ScaleForward, images: torch.Tensor, low_scal
     """
     if not 0.0 < low_scale < 1.0:
         raise ValueError(f"low_scale must be in (0, 1), got {low_scale}")
-    low_logits, low_aux, low_attention = _as_scale_outputs(scale_forward(resize_by_scale(images, low_scale)))
+    low_images = resize_by_scale(images, low_scale, recompute_scale_factor)
+    low_logits, low_aux, low_attention = _as_scale_outputs(scale_forward(low_images))
     high_logits, high_aux, _ = _as_scale_outputs(scale_forward(images))
     attention = resize_as(low_attention, high_logits)
     joint = resize_as(low_attention * low_logits, high_logits) + (1 - attention) * high_logits

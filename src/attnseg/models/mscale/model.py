@@ -97,6 +97,9 @@ class MscaleOCR(nn.Module):
         eval_scales: scales fused in eval mode; must contain 1.0. ``(1.0,)`` gives the plain single-scale forward.
         train_scales: ``(low, 1.0)`` for the reference's two-scale training, or ``(1.0,)`` for single scale.
         keep_scale_outputs: in eval mode, also return every scale's logits (costs memory at large scales).
+        resize_recompute_scale_factor: how the input is resized to each scale (`resize_by_scale`): True as NVIDIA
+            (samples at the input/output size ratio), False as PaddleSeg (at 1 / scale); they differ only where
+            ``side * scale`` is not an integer. A settable attribute.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class MscaleOCR(nn.Module):
         eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
         train_scales: Sequence[float] = (0.5, 1.0),
         keep_scale_outputs: bool = True,
+        resize_recompute_scale_factor: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
@@ -118,6 +122,7 @@ class MscaleOCR(nn.Module):
             raise ValueError(f"train_scales must be (low, 1.0) with 0 < low < 1, or (1.0,); got {tuple(train_scales)}")
         self.train_scales = tuple(train)
         self.keep_scale_outputs = keep_scale_outputs
+        self.resize_recompute_scale_factor = resize_recompute_scale_factor
 
     def forward_single_scale(self, images: torch.Tensor) -> ScaleOutputs:
         """The network at one scale (the reference's `_fwd`): logits, aux logits and attention, all upsampled
@@ -132,7 +137,8 @@ class MscaleOCR(nn.Module):
             fused = self._forward_train(images)
         else:
             fused = hierarchical_fusion(
-                self.forward_single_scale, images, self.eval_scales, keep_scale_outputs=self.keep_scale_outputs
+                self.forward_single_scale, images, self.eval_scales, keep_scale_outputs=self.keep_scale_outputs,
+                recompute_scale_factor=self.resize_recompute_scale_factor,
             )
         return SegmentationOutput(fused.logits, fused.aux_logits, fused.scale_logits, fused.scale_attention)
 
@@ -143,7 +149,8 @@ class MscaleOCR(nn.Module):
             # graph so DistributedDataParallel does not report them unused.
             logits = logits + 0.0 * attention
             return FusedOutputs(logits, aux_logits, {1.0: logits}, {})
-        return two_scale_fusion(self.forward_single_scale, images, low_scale=self.train_scales[0])
+        return two_scale_fusion(self.forward_single_scale, images, low_scale=self.train_scales[0],
+                                recompute_scale_factor=self.resize_recompute_scale_factor)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -158,11 +165,13 @@ def _mscale_ocr(
     ocr_key_channels: int,
     attention_channels: int,
     norm_layer: NormLayer,
+    resize_recompute_scale_factor: bool,
 ) -> MscaleOCR:
     backbone = hrnet(variant, norm_layer=norm_layer)
     ocr = OCRHead(backbone.concat_channels, num_classes, ocr_mid_channels, ocr_key_channels, norm_layer=norm_layer)
     scale_attn = ScaleAttentionHead(ocr_mid_channels, attention_channels, norm_layer=norm_layer)
-    return MscaleOCR(backbone, ocr, scale_attn, eval_scales=eval_scales, train_scales=train_scales)
+    return MscaleOCR(backbone, ocr, scale_attn, eval_scales=eval_scales, train_scales=train_scales,
+                     resize_recompute_scale_factor=resize_recompute_scale_factor)
 
 
 def mscale_ocr_hrnet_w48(
@@ -174,11 +183,12 @@ def mscale_ocr_hrnet_w48(
     ocr_key_channels: int = 256,
     attention_channels: int = 256,
     norm_layer: NormLayer = nn.BatchNorm2d,
+    resize_recompute_scale_factor: bool = True,
 ) -> MscaleOCR:
     """MscaleOCR with HRNetV2-W48: the architecture of NVIDIA's released Cityscapes/Mapillary checkpoints."""
     return _mscale_ocr(
         "w48", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer,
+        norm_layer, resize_recompute_scale_factor,
     )  # fmt: skip
 
 
@@ -191,11 +201,12 @@ def mscale_ocr_hrnet_w32(
     ocr_key_channels: int = 256,
     attention_channels: int = 256,
     norm_layer: NormLayer = nn.BatchNorm2d,
+    resize_recompute_scale_factor: bool = True,
 ) -> MscaleOCR:
     """MscaleOCR with HRNetV2-W32."""
     return _mscale_ocr(
         "w32", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer,
+        norm_layer, resize_recompute_scale_factor,
     )  # fmt: skip
 
 
@@ -208,11 +219,12 @@ def mscale_ocr_hrnet_w18(
     ocr_key_channels: int = 256,
     attention_channels: int = 256,
     norm_layer: NormLayer = nn.BatchNorm2d,
+    resize_recompute_scale_factor: bool = True,
 ) -> MscaleOCR:
     """MscaleOCR with HRNetV2-W18."""
     return _mscale_ocr(
         "w18", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer,
+        norm_layer, resize_recompute_scale_factor,
     )  # fmt: skip
 
 
@@ -225,11 +237,12 @@ def mscale_ocr_hrnet_w18_small(
     ocr_key_channels: int = 128,
     attention_channels: int = 128,
     norm_layer: NormLayer = nn.BatchNorm2d,
+    resize_recompute_scale_factor: bool = True,
 ) -> MscaleOCR:
     """MscaleOCR with HRNetV2-W18-Small-v2 and narrower OCR/attention heads: small enough for CPU demos/tests."""
     return _mscale_ocr(
         "w18_small", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer,
+        norm_layer, resize_recompute_scale_factor,
     )  # fmt: skip
 
 
