@@ -449,9 +449,13 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
     per_pass = measure_inference_pass(model, *image_size, precision=eval_cfg.precision)
     reserve = evaluation_reserve(per_pass, num_val, recipes)
 
-    def current_reserve() -> float:  # one pass (~1/6 of a training step) every re-plan: tracks the machine's load
-        return evaluation_reserve(measure_inference_pass(model, *image_size, eval_cfg.precision, warmup=0, repeats=1),
-                                  num_val, recipes)  # fmt: skip
+    passes = [per_pass]
+
+    def current_reserve() -> float:
+        # Two passes (~1/3 of a training step) every re-plan track the machine's load; the median of the last three
+        # measurements keeps one unlucky pass on a busy machine from ending training.
+        passes.append(measure_inference_pass(model, *image_size, eval_cfg.precision, warmup=1, repeats=1))
+        return evaluation_reserve(float(np.median(passes[-3:])), num_val, recipes)
 
     log(f"[demo] one {image_size[0]}x{image_size[1]} inference pass: {per_pass * 1000:.0f} ms; keeping "
         f"{reserve:.0f} s for evaluation and pictures; training may run "
