@@ -307,6 +307,16 @@ def _export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: S
         # differences between runtimes far beyond a trained one's 1e-6.
         export_onnx(model, onnx_path, shape, dynamic=True, output="logits", scales=scales, sidecar=sidecar, verify=True,
                     tolerance=1e-2)
+        # Small sizes cannot prove the graph generic (PSANet's window arithmetic branches on the size): run it once
+        # at the benchmark shape too.
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        try:
+            session.run(None, {session.get_inputs()[0].name: np.zeros(tuple(shape), np.float32)})
+        except Exception as error:  # onnxruntime's own exception types
+            raise ExportError(f"dynamic graph fails at {list(shape)}: {error}") from error
+        del session
     except ExportError:
         # Shapes frozen into the graph (PSANet's attention window): trace at the benchmark size itself.
         export_onnx(model, onnx_path, shape, output="logits", scales=scales, sidecar=sidecar, verify=False)
