@@ -351,8 +351,10 @@ def export_onnx(
             mean/std); None uses Cityscapes names/palette (19 classes) and ImageNet mean/std.
         trace_size: (H, W) traced for a dynamic export.
         verify: run the file in ONNX Runtime and compare with PyTorch at the traced size (and, if `dynamic`, at a
-            second size, which catches shapes frozen into the graph). Default: on for dynamic exports (small sizes),
-            off otherwise (a full-size PyTorch forward can take minutes).
+            second size, which catches most shapes frozen into the graph). Default: on for dynamic exports (small
+            sizes), off otherwise (a full-size PyTorch forward can take minutes). Passing at small sizes does not
+            prove a graph generic: PSANet's attention-window arithmetic takes another branch on larger grids, so
+            export PSANet with a fixed input shape.
         tolerance: largest accepted `relative_error` of float outputs (see `verify_onnx`).
 
     Returns:
