@@ -246,7 +246,7 @@ def calibrate_batchnorm(model: Any, image: np.ndarray, passes: int = 2) -> None:
     """
     import torch
 
-    from attnseg.config.schema import IMAGENET_MEAN, IMAGENET_STD
+    from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
     from attnseg.export.onnx import inference_scales
     from attnseg.inference.preprocess import normalize_image
     from attnseg.models.outputs import SegmentationOutput

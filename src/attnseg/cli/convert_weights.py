@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.errors import WeightsError
 from attnseg.weights import SOURCES, convert_state_dict, detect_source, load_state_dict_report, paddle_family
 from attnseg.weights import read_checkpoint_file, save_checkpoint
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # (0.485, 0.456, 0.406) x 255, RGB
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)  # (0.229, 0.224, 0.225) x 255
 HALF_255 = (127.5, 127.5, 127.5)  # PaddleSeg's default Normalize(mean=0.5, std=0.5)
 
 # Input normalisation of each release, as its configs set it (all read images as RGB in 0-255 and divide by 255
@@ -30,10 +29,10 @@ HALF_255 = (127.5, 127.5, 127.5)  # PaddleSeg's default Normalize(mean=0.5, std=
 # - PSANet_paddle: PaddleSeg's default Normalize (configs/_base_/cityscapes.yml sets no mean/std): 0.5 / 0.5.
 # - hszhao/semseg: ImageNet statistics x 255.
 PREPROCESSING = {
-    ("nvidia", "mscale_ocr"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
-    ("paddle", "mscale_ocr"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
+    ("nvidia", "mscale_ocr"): (IMAGENET_MEAN, IMAGENET_STD),
+    ("paddle", "mscale_ocr"): (IMAGENET_MEAN, IMAGENET_STD),
     ("paddle", "psanet"): (HALF_255, HALF_255),
-    ("semseg", "psanet"): (IMAGENET_MEAN_255, IMAGENET_STD_255),
+    ("semseg", "psanet"): (IMAGENET_MEAN, IMAGENET_STD),
 }
 
 REFERENCES = {
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     except WeightsError as error:
         raise WeightsError(f"{args.src} does not fit {name} with {num_classes} classes: {error}") from error
 
-    default_mean, default_std = PREPROCESSING.get((source, family), (IMAGENET_MEAN_255, IMAGENET_STD_255))
+    default_mean, default_std = PREPROCESSING.get((source, family), (IMAGENET_MEAN, IMAGENET_STD))
     mean = list(args.mean) if args.mean else list(default_mean)
     std = list(args.std) if args.std else list(default_std)
     class_names, palette = class_metadata(num_classes)

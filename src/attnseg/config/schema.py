@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# ImageNet statistics in 0-255 RGB, what the NVIDIA reference normalises with.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def read_export_sidecar(path: str | os.PathLike) -> ExportSidecar:
 
 def default_checkpoint_info(num_classes: int) -> dict[str, Any]:
     """Class names, palette and ImageNet mean/std for a model without a checkpoint sidecar (random weights)."""
-    from attnseg.config.schema import IMAGENET_MEAN, IMAGENET_STD
+    from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
     from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
     if num_classes == len(CITYSCAPES_CLASSES):
