@@ -24,7 +24,6 @@ def _fast_hist(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> n
     )
 
 
-@pytest.mark.slow
 def test_evaluate_ms3_matches_nvidia_golden():
     golden = parity.nvidia_golden()
     model = create_model("mscale_ocr_hrnet_w48", num_classes=parity.NUM_CLASSES)

@@ -19,9 +19,6 @@ from attnseg.models import create_model
 from attnseg.models.mscale.paddle import convert_paddle_state_dict
 from parity import assert_argmax_agrees, assert_close_to_golden, paddle_filled_checkpoint, paddle_golden, paddle_image
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def golden():
     return paddle_golden("mscale_ocrnet")
