@@ -78,3 +78,15 @@ def test_errors(tmp_path, checkpoint):
     bad.write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="cannot be decoded"):
         predictor(bad)
+
+
+def test_resolve_weights_finds_run_folders(tmp_path):
+    for folder in (tmp_path / "a" / "checkpoints", tmp_path / "demo" / "run" / "checkpoints"):
+        folder.mkdir(parents=True)
+        for suffix in (".safetensors", ".json"):
+            (folder / f"last{suffix}").write_text("")
+    (tmp_path / "a" / "checkpoints" / "best.safetensors").write_text("")
+    (tmp_path / "a" / "checkpoints" / "best.json").write_text("")
+    assert resolve_weights(tmp_path / "a") == tmp_path / "a" / "checkpoints" / "best"
+    assert resolve_weights(tmp_path / "a" / "checkpoints") == tmp_path / "a" / "checkpoints" / "best"
+    assert resolve_weights(tmp_path / "demo") == tmp_path / "demo" / "run" / "checkpoints" / "last"

@@ -65,14 +65,15 @@ def as_rgb_array(image: Any) -> np.ndarray:
 def resolve_weights(path: str | os.PathLike) -> Path:
     """The native checkpoint base path for `path`: a checkpoint file/base name, or a training run directory.
 
-    In a run directory (or its ``checkpoints/`` folder) the ``best`` checkpoint is taken, else ``last``.
+    In a run directory (or its ``checkpoints/`` folder, or an `attnseg demo` output folder holding the run in
+    ``run/``) the ``best`` checkpoint is taken, else ``last``.
 
     Raises:
         WeightsError: nothing usable is found.
     """
     path = Path(path)
     if path.is_dir():
-        for folder in (path / "checkpoints", path):
+        for folder in (path / "checkpoints", path, path / "run" / "checkpoints"):
             for stem in ("best", "last"):
                 if (folder / f"{stem}.safetensors").is_file() and (folder / f"{stem}.json").is_file():
                     return folder / stem
