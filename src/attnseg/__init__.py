@@ -3,18 +3,19 @@
 Public API:
     create_model, list_models      -- build registered models (`attnseg.models`)
     SegmentationOutput             -- the named output every model returns
+    convert_state_dict             -- remap an NVIDIA / PaddleSeg / semseg state dict onto our layout
     load_weights, load_pretrained  -- load NVIDIA / PaddleSeg / semseg / native checkpoints (`attnseg.weights`)
     save_checkpoint, load_model    -- native .safetensors + .json sidecar checkpoints (`attnseg.weights`)
     Predictor                      -- checkpoint -> image segmenter (`attnseg.inference.predictor`, imported lazily)
 """
 
 from attnseg.models import SegmentationOutput, create_model, list_models
-from attnseg.weights import LoadReport, load_model, load_pretrained, load_weights, save_checkpoint
+from attnseg.weights import LoadReport, convert_state_dict, load_model, load_pretrained, load_weights, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = ["SegmentationOutput", "create_model", "list_models", "__version__"]
-__all__ += ["LoadReport", "load_model", "load_pretrained", "load_weights", "save_checkpoint"]
+__all__ += ["LoadReport", "convert_state_dict", "load_model", "load_pretrained", "load_weights", "save_checkpoint"]
 __all__ += ["Predictor"]
 
 

@@ -124,12 +124,17 @@ def _read_paddle_pickle(path: Path) -> dict[str, Any]:
     return state
 
 
-def _unwrap_torch_checkpoint(content: Any, path: Path) -> dict[str, Any]:
-    """The state dict inside a training checkpoint (``{"state_dict": ..., "optimizer": ..., "epoch": ...}``)."""
+def _inner_state_dict(content: Any) -> Any:
+    """The state dict inside a training checkpoint (``{"state_dict": ..., "optimizer": ..., "epoch": ...}``), or
+    `content` itself when it holds no such container."""
     for container in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(content, Mapping) and isinstance(content.get(container), Mapping):
-            content = content[container]
-            break
+            return content[container]
+    return content
+
+
+def _unwrap_torch_checkpoint(content: Any, path: Path) -> dict[str, Any]:
+    content = _inner_state_dict(content)
     if not isinstance(content, Mapping) or not all(torch.is_tensor(v) for v in content.values()):
         raise WeightsError(f"{path}: no state dict (name -> tensor) found in this checkpoint")
     return dict(content)
@@ -232,7 +237,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, 
     """Remap a foreign state dict onto attnseg's layout with the converter that lives beside the model.
 
     Args:
-        state_dict: as returned by `read_checkpoint_file`.
+        state_dict: as returned by `read_checkpoint_file`, or a whole training checkpoint whose ``state_dict``
+            entry holds it (as NVIDIA's released `.pth` files do).
         source: one of `SOURCES` (see `detect_source`).
 
     Returns:
@@ -241,6 +247,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, 
     Raises:
         WeightsError: unknown source, or the converter rejected a key or shape.
     """
+    state_dict = _inner_state_dict(state_dict)
     try:
         if source == "native":
             return _to_tensors(state_dict)
