@@ -421,8 +421,10 @@ def load_pretrained(
 # Native checkpoints: <name>.safetensors + <name>.json
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CheckpointSidecar:
-    """Everything besides the tensors needed to use a native checkpoint (the ``.json`` beside the weights).
+class ModelDescription:
+    """What a user of a model file needs besides its numbers: which network, its classes and its preprocessing.
+
+    Shared by native checkpoints (`CheckpointSidecar`) and exported models (`attnseg.export.onnx.ExportSidecar`).
 
     Attributes:
         model: registered model name (`attnseg.models.list_models`).
@@ -432,8 +434,6 @@ class CheckpointSidecar:
         palette: one ``[r, g, b]`` (0-255) per class index.
         mean, std: per-channel normalisation ``(pixel - mean) / std`` on 0-255 values, in ``channel_order``.
         channel_order: ``"RGB"``: the image channel order the model was trained with.
-        attnseg_version: version that wrote the file.
-        extra: free-form provenance (source checkpoint, training run, metrics...).
     """
 
     model: str
@@ -444,6 +444,17 @@ class CheckpointSidecar:
     mean: list[float]
     std: list[float]
     channel_order: str = "RGB"
+
+
+@dataclass(frozen=True)
+class CheckpointSidecar(ModelDescription):
+    """Everything besides the tensors needed to use a native checkpoint (the ``.json`` beside the weights).
+
+    Attributes (beyond `ModelDescription`):
+        attnseg_version: version that wrote the file.
+        extra: free-form provenance (source checkpoint, training run, metrics...).
+    """
+
     attnseg_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError
 from attnseg.models.outputs import SegmentationOutput
+from attnseg.weights import ModelDescription
 
 OutputOp = Literal["logits", "softmax", "argmax"]
 OUTPUT_OPS: tuple[str, ...] = ("logits", "softmax", "argmax")
@@ -60,17 +61,10 @@ class ExportError(AttnsegError):
 # Sidecar
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExportSidecar:
+class ExportSidecar(ModelDescription):
     """How to feed and read an exported model (the ``.json`` next to it).
 
-    Attributes:
-        model: registered model name the graph was made from.
-        model_kwargs: its builder keyword arguments (informative).
-        num_classes: K.
-        class_names: one per class id.
-        palette: one ``[r, g, b]`` per class id.
-        mean, std: ``(pixel - mean) / std`` per channel, pixels 0-255 in ``channel_order``.
-        channel_order: ``"RGB"``.
+    Attributes (beyond `ModelDescription`: model, its kwargs, classes, palette, preprocessing):
         input_name: graph input name; the tensor is (N, 3, H, W) float32, normalised.
         input_shape: (N, C, H, W) with a string (``"batch"``, ``"height"``, ``"width"``) for each dynamic axis.
         output_name: graph output name.
@@ -85,14 +79,6 @@ class ExportSidecar:
         extra: provenance (source weights, parity measured at export).
     """
 
-    model: str
-    model_kwargs: dict[str, Any]
-    num_classes: int
-    class_names: list[str]
-    palette: list[list[int]]
-    mean: list[float]
-    std: list[float]
-    channel_order: str = "RGB"
     input_name: str = INPUT_NAME
     input_shape: list[int | str] = field(default_factory=lambda: [1, 3, 1024, 2048])
     output_name: str = "logits"
