@@ -77,3 +77,30 @@ def test_ema_tracks_weights_and_copies_buffers():
     restored.load_state_dict(ema.state_dict())
     assert restored.updates == 1 and torch.equal(restored.module[0].weight, ema.module[0].weight)
     assert math.isclose(restored.decay, 0.5)
+
+
+def test_optimizer_choice_from_config_and_schedule_applies_to_adamw():
+    from attnseg.config import load_config
+    from attnseg.engine.build import build_optimizer
+    from attnseg.engine.optim import set_lr
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    sgd = build_optimizer(model, load_config(None, []).train)
+    assert isinstance(sgd, torch.optim.SGD)
+    train_cfg = load_config(None, ["train.optimizer=adamw", "train.lr=0.004", "train.weight_decay=0.01",
+                                   "train.no_decay_norm_and_bias=true"]).train
+    adamw = build_optimizer(model, train_cfg)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]
+    assert sum(len(g["params"]) for g in adamw.param_groups) == 4
+    rate = set_lr(adamw, 50, [0.004, 0.004], max_iters=100, power=1.0)
+    assert rate == pytest.approx(0.002)
+    assert all(g["lr"] == pytest.approx(0.002) for g in adamw.param_groups)
+
+
+def test_unknown_optimizer_is_a_config_error():
+    from attnseg.config import load_config
+    from attnseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config(None, ["train.optimizer=adam"])

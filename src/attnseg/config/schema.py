@@ -118,9 +118,11 @@ class TrainConfig:
 
     iters: int = 1000
     batch_size: int = 2  # per process; the global batch is batch_size x number of processes
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: both references; adamw: from-scratch CPU runs (demo)
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
+    no_decay_norm_and_bias: bool = False  # exempt norm scales/shifts and biases from weight decay
     poly_power: float = 0.9  # lr = (lr - end_lr) * (1 - iter / iters) ** poly_power + end_lr
     end_lr: float = 0.0
     warmup_iters: int = 0  # linear warm-up from warmup_start_factor * lr; 0 disables

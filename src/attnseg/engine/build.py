@@ -29,7 +29,7 @@ from attnseg.data.sampling import (
 )
 from attnseg.data.transforms import Compose, build_train_transform
 from attnseg.engine import distributed
-from attnseg.engine.optim import build_sgd, parameter_groups
+from attnseg.engine.optim import build_adamw, build_sgd, parameter_groups
 from attnseg.errors import ConfigError, DatasetError
 
 
@@ -217,9 +217,12 @@ def build_criterion_from_config(train_cfg: TrainConfig, num_classes: int, ignore
     return build_criterion(train_cfg.losses, num_classes=num_classes, ignore_index=ignore_index)
 
 
-def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay on every parameter (both references)."""
-    return build_sgd(parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.lr, momentum=train_cfg.momentum)
+def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay on every parameter (both references), or AdamW."""
+    groups = parameter_groups(model, train_cfg.weight_decay, train_cfg.no_decay_norm_and_bias)
+    if train_cfg.optimizer == "adamw":
+        return build_adamw(groups, lr=train_cfg.lr)
+    return build_sgd(groups, lr=train_cfg.lr, momentum=train_cfg.momentum)
 
 
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
