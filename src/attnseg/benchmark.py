@@ -21,7 +21,8 @@ How it measures (`run_benchmark`):
 - Agreement: the labels (max over classes) of each route's last run, compared pixel by pixel with fp32 eager.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward of the model on the ``meta`` device
   (convolutions and matrix products; shape arithmetic only, nothing computed). The fp32 and bf16 matmul rates
-  of this machine are measured with square `torch.mm` at the same thread count; "TF/s" is FLOPs / median time and
+  of this machine are measured with square `torch.mm` and, when installed, an OpenVINO MatMul at the same thread
+  count (the better of the two is the machine's rate); "TF/s" is FLOPs / median time and
   "%bf16" its share of the measured bf16 matmul rate (best of repeated calls; CPU time with one thread).
 - Memory target: the "+act" peak of the multi-scale forward against the largest scale's forward alone (the
   input resized by that scale, single-scale model), in the same route.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import statistics
 import tempfile
@@ -126,6 +128,8 @@ class BenchmarkReport:
     memory_check: dict[str, Any] | None = None
     export_dynamic: bool | None = None
     load_average: tuple[float, float] = (float("nan"), float("nan"))
+    matmul_engines: tuple[str, str] = ("torch.mm", "torch.mm")  # which engine reached the fp32 / bf16 rate
+    cpu: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,6 +207,62 @@ def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads
         torch.mm(a, b)
         best = min(best, clock() - start)
     return 2.0 * size**3 / max(best, 1e-9)
+
+
+def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
+    """Measured FLOP/s of a square MatMul compiled by OpenVINO (``"fp32"`` or ``"bf16"`` precision hint), or None
+    when OpenVINO is not installed. On some CPUs OpenVINO's kernels beat `torch.mm`; the machine's rate is the
+    better of the two."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    left = ops.parameter([size, size], np.float32)
+    right = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(left, right, False, False)], [left])
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype_name == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    values = rng.standard_normal((size, size), dtype=np.float32)
+    request.infer([values])
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        request.infer([values])
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / max(best, 1e-9)
+
+
+def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
+    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``)."""
+    rates = {"torch.mm": matmul_rate(dtype_name, threads=threads)}
+    openvino_rate = openvino_matmul_rate(dtype_name, threads=threads)
+    if openvino_rate is not None:
+        rates["OpenVINO"] = openvino_rate
+    engine = max(rates, key=rates.get)
+    return rates[engine], engine
+
+
+def cpu_description() -> str:
+    """CPU model name and its matrix ISA (AMX / AVX-512 bf16), from /proc/cpuinfo where available."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    if "amx_bf16" in flags:
+        isa = "AMX bf16"
+    elif "avx512_bf16" in flags:
+        isa = "AVX-512 bf16, no AMX"
+    elif "avx512f" in flags:
+        isa = "AVX-512, no bf16"
+    else:
+        isa = "no AVX-512"
+    return f"{model or platform.machine()} ({isa})"
 
 
 def count_flops(model_name: str, model_kwargs: dict[str, Any], num_classes: int, shape: Sequence[int],
@@ -462,8 +522,8 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
 
         log(f"counting FLOPs and measuring matmul rates ({spec.threads} threads)")
         flops = count_flops(sidecar.model, sidecar.model_kwargs, sidecar.num_classes, shape, spec.scales)
-        fp32_rate = matmul_rate("fp32", threads=spec.threads)
-        bf16_rate = matmul_rate("bf16", threads=spec.threads)
+        fp32_rate, fp32_engine = machine_matmul_rate("fp32", threads=spec.threads)
+        bf16_rate, bf16_engine = machine_matmul_rate("bf16", threads=spec.threads)
 
         files: dict[str, str] = {}
         export_seconds = export_dynamic = None
@@ -516,7 +576,8 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
             if route in by_route and ROUTES[route]["backend"] == "torch":
                 check = _memory_check(spec, route, by_route[route], checkpoint, folder, images, largest, log)
         return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check,
-                               export_dynamic, (load_before, _load_average()))
+                               export_dynamic, (load_before, _load_average()), (fp32_engine, bf16_engine),
+                               cpu_description())
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
@@ -559,10 +620,11 @@ def format_report(report: BenchmarkReport) -> str:
         f"{spec.threads} threads, {spec.runs} runs after {spec.warmup} warm-up"
         + (f" ({', '.join(spec.slow_routes)}: {spec.slow_runs} run, no warm-up)" if spec.slow_routes else ""),
         f"model: {report.flops / 1e9:.1f} GFLOP per call (FlopCounterMode); measured matmul rate: "
-        f"fp32 {report.fp32_rate / 1e12:.2f} TFLOP/s, bf16 {report.bf16_rate / 1e12:.2f} TFLOP/s"
+        f"fp32 {report.fp32_rate / 1e12:.2f} TFLOP/s ({report.matmul_engines[0]}), "
+        f"bf16 {report.bf16_rate / 1e12:.2f} TFLOP/s ({report.matmul_engines[1]})"
         + (f"; export {report.export_seconds:.1f} s ({'dynamic H/W' if report.export_dynamic else 'static'})"
            if report.export_seconds is not None else ""),
-        f"machine: {os.cpu_count()} CPUs, 1-min load average {report.load_average[0]:.1f} at start, "
+        f"machine: {report.cpu or cpu_description()}, {os.cpu_count()} CPUs, 1-min load average {report.load_average[0]:.1f} at start, "
         f"{report.load_average[1]:.1f} at end (other processes share the CPU when it exceeds the thread count)",
         "",
         f"{'route':<15}{'median s':>10}{'min s':>9}{'max s':>9}{'img/s':>8}{'speed-up':>10}{'TF/s':>7}{'%bf16':>7}"

@@ -110,3 +110,15 @@ def test_benchmark_end_to_end_two_routes(tmp_path, capsys):
     assert float(rows["onnxruntime"][10]) == 100.0  # fp32 ONNX Runtime labels equal fp32 eager
     assert float(rows["onnxruntime"][8]) > 0.05  # peak resident memory in GB was measured
     assert "GFLOP per call" in out and "speed target" in out and table.read_text().strip() == out.strip()
+    assert "machine: " in out and "TFLOP/s (" in out  # CPU named; each matmul rate names the engine that reached it
+
+
+def test_machine_matmul_rate_takes_the_best_engine(monkeypatch):
+    import attnseg.benchmark as bench
+
+    monkeypatch.setattr(bench, "matmul_rate", lambda dtype, threads=2: 1.0e11)
+    monkeypatch.setattr(bench, "openvino_matmul_rate", lambda dtype, threads=2: 3.0e11)
+    assert bench.machine_matmul_rate("bf16") == (3.0e11, "OpenVINO")
+    monkeypatch.setattr(bench, "openvino_matmul_rate", lambda dtype, threads=2: None)  # OpenVINO not installed
+    assert bench.machine_matmul_rate("bf16") == (1.0e11, "torch.mm")
+    assert bench.cpu_description()  # model name and matrix ISA, e.g. "AMD EPYC (AVX-512 bf16, no AMX)"
