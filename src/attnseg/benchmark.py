@@ -129,7 +129,7 @@ class BenchmarkReport:
     export_dynamic: bool | None = None
     load_average: tuple[float, float] = (float("nan"), float("nan"))
     matmul_engines: tuple[str, str] = ("torch.mm", "torch.mm")  # which engine reached the fp32 / bf16 rate
-    cpu: str = ""
+    cpu: str = field(default_factory=lambda: cpu_description())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,16 +197,21 @@ def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads
     dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
     # One thread: CPU time, which other processes on the machine do not inflate; several: wall time.
     clock = time.process_time if threads == 1 else time.perf_counter
+    return 2.0 * size**3 / _best_time(lambda: torch.mm(a, b), seconds, clock)
+
+
+def _best_time(call, seconds: float, clock=time.perf_counter) -> float:
+    """Shortest of repeated timings of `call` (after one untimed call) over about `seconds`."""
+    call()
+    best = float("inf")
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or best == float("inf"):
         start = clock()
-        torch.mm(a, b)
+        call()
         best = min(best, clock() - start)
-    return 2.0 * size**3 / max(best, 1e-9)
+    return max(best, 1e-9)
 
 
 def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
@@ -226,14 +231,7 @@ def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0
               "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
     values = rng.standard_normal((size, size), dtype=np.float32)
-    request.infer([values])
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or best == float("inf"):
-        start = time.perf_counter()
-        request.infer([values])
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / max(best, 1e-9)
+    return 2.0 * size**3 / _best_time(lambda: request.infer([values]), seconds)
 
 
 def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
@@ -353,7 +351,7 @@ def _set_threads(threads: int) -> None:
 
 def _export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: Sequence[float], threads: int,
                    want_openvino: bool) -> dict[str, Any]:
-    from attnseg.export.onnx import ExportError, export_onnx
+    from attnseg.export.onnx import ExportError, export_onnx, quiet_onnxruntime_session
     from attnseg.weights import load_model
 
     _set_threads(threads)
@@ -369,11 +367,7 @@ def _export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: S
                     tolerance=1e-2)
         # Small sizes cannot prove the graph generic (PSANet's window arithmetic branches on the size): run it once
         # at the benchmark shape too.
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 4  # a failing shape is reported by the ExportError below, not by ORT's log
-        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = quiet_onnxruntime_session(onnx_path)
         try:
             session.run(None, {session.get_inputs()[0].name: np.zeros(tuple(shape), np.float32)})
         except Exception as error:  # onnxruntime's own exception types
@@ -626,7 +620,8 @@ def format_report(report: BenchmarkReport) -> str:
         f"bf16 {report.bf16_rate / 1e12:.2f} TFLOP/s ({report.matmul_engines[1]})"
         + (f"; export {report.export_seconds:.1f} s ({'dynamic H/W' if report.export_dynamic else 'static'})"
            if report.export_seconds is not None else ""),
-        f"machine: {report.cpu or cpu_description()}, {os.cpu_count()} CPUs, 1-min load average {report.load_average[0]:.1f} at start, "
+        f"machine: {report.cpu}, {os.cpu_count()} CPUs, "
+        f"1-min load average {report.load_average[0]:.1f} at start, "
         f"{report.load_average[1]:.1f} at end (other processes share the CPU when it exceeds the thread count)",
         "",
         f"{'route':<15}{'median s':>10}{'min s':>9}{'max s':>9}{'img/s':>8}{'speed-up':>10}{'TF/s':>7}{'%bf16':>7}"

@@ -1,4 +1,5 @@
-"""SGD (both references) or AdamW with per-group weight decay, and the polynomial ("poly") learning-rate schedule with optional warm-up.
+"""SGD (both references) or AdamW with per-group weight decay, and the polynomial ("poly") learning-rate schedule
+with optional warm-up.
 
 The schedule is a pure function of the iteration (`poly_lr`), so resuming needs only the iteration count; the
 `LambdaLR` built from it is kept for its state_dict/step interface.

@@ -412,6 +412,16 @@ def export_onnx(
     return result
 
 
+def quiet_onnxruntime_session(path: str | os.PathLike) -> Any:
+    """A CPU ONNX Runtime session that logs only fatal errors: for checks whose failures we report ourselves
+    (as `ExportError`, naming the file and the shape) instead of ONNX Runtime's own error lines."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def verify_onnx(
     wrapper: nn.Module,
     path: str | os.PathLike,
@@ -431,11 +441,7 @@ def verify_onnx(
     Raises:
         ExportError: a mismatch, or a shape the graph cannot run (a shape frozen into a "dynamic" graph).
     """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 4  # a failing shape is reported by the ExportError below, not by ORT's log
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = quiet_onnxruntime_session(path)
     results = []
     for shape in shapes:
         images = example_input(shape, seed=1)
