@@ -22,6 +22,7 @@ from attnseg.demo import (
     evaluation_reserve,
     write_index_html,
 )
+from attnseg.errors import ConfigError
 from attnseg.models.outputs import SegmentationOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +43,14 @@ def test_affordable_iters_limits():
 
 
 def test_recipes_and_reserve():
-    hierarchical = demo_recipes(True)
+    hierarchical = demo_recipes(True, [1.0, 0.5, 2.0])
     assert [r.key for r in hierarchical] == ["single", "hierarchical", "average_flip"]
-    assert [r.relative_cost for r in hierarchical] == [1.0, 5.25, pytest.approx(2 * (0.5625 + 1 + 1.5625))]
-    assert [r.multi_scale for r in demo_recipes(False)] == ["hierarchical", "average", "average"]
+    assert [r.scales for r in hierarchical] == [(1.0,), (0.5, 1.0, 2.0), (0.5, 1.0, 2.0)]
+    assert hierarchical[1].title == "hierarchical attention 0.5/1/2"
+    assert [r.relative_cost for r in hierarchical] == [1.0, 5.25, 10.5]
+    assert [r.multi_scale for r in demo_recipes(False, [0.25, 0.5, 1.0])] == ["hierarchical", "average", "average"]
+    with pytest.raises(ConfigError, match="must contain 1.0"):
+        demo_recipes(True, [0.5, 2.0])
     assert evaluation_reserve(0.0, 30, hierarchical, fixed=7.0) == 7.0
     per_image = sum(r.relative_cost for r in hierarchical)
     assert evaluation_reserve(0.1, 10, hierarchical, margin=1.0, fixed=0.0) == pytest.approx(per_image)
@@ -227,8 +232,10 @@ def test_demo_writes_page_pictures_metrics_and_run_dir(tiny_demo, capsys):
     assert record["iterations"] == 2
     page = (out / "index.html").read_text()
     sources = re.findall(r'src="([^"]+)"', page)
-    assert any("attn_0.5x" in s for s in sources) and any("compare" in s for s in sources)
-    assert any("shares_rgb" in s for s in sources) and any("_pred_2x" in s for s in sources)
+    # The demo config's pyramid 0.25/0.5/1: attention for the two smaller scales, a prediction for each.
+    assert any("attn_0.25x" in s for s in sources) and any("compare" in s for s in sources)
+    assert any("shares_rgb" in s for s in sources) and any("_pred_1x" in s for s in sources)
+    assert "scale shares (R 0.25x, G 0.5x, B 1x)" in page
     for source in sources:
         assert (out / source).is_file(), source
     run = out / "run"

@@ -7,8 +7,9 @@
     train (DeadlineTrainer)       <out>/config.yaml, checkpoints/{best,last}, metrics.jsonl: the run folder that
                                   `attnseg eval/predict/export/benchmark` read unchanged; training stops at the
                                   config's iteration count or earlier, at a deadline derived from --minutes
-    evaluate three recipes        single scale | hierarchical 0.5/1/2 (MscaleOCR's learned attention; 3-scale
-                                  average for models without it) | PaddleSeg-style 0.75/1/1.25 average + flip
+    evaluate three recipes        single scale | the config's eval.scales fused by MscaleOCR's learned hierarchical
+                                  attention (averaged for models without it) | the same scales averaged + flip
+                                  (PaddleSeg aug_eval)
     pictures + index.html         overlays, input | ground truth | prediction, per-scale attention and the share
                                   of the fused prediction each scale contributes; demo_metrics.json
 
@@ -38,10 +39,7 @@ from attnseg.errors import ConfigError
 
 DEFAULT_MODEL = "mscale_ocr_hrnet_w18_small"
 DEMO_CONFIGS = {"mscale": "demo_mscale.yaml", "psanet": "demo_psanet.yaml"}
-# Relative forward cost of each evaluation recipe in units of one scale-1.0 pass (cost ~ pixels).
 SINGLE_SCALE = (1.0,)
-HIERARCHICAL_SCALES = (0.5, 1.0, 2.0)  # NVIDIA's Cityscapes test scales
-AVERAGE_SCALES = (0.75, 1.0, 1.25)  # PaddleSeg aug_eval style scales, used with flip
 
 
 @dataclass(frozen=True)
@@ -60,17 +58,26 @@ class EvalRecipe:
         return sum(scale * scale for scale in self.scales) * (2 if self.flip else 1)
 
 
-def demo_recipes(hierarchical: bool) -> tuple[EvalRecipe, ...]:
-    """The three evaluations: single scale, 0.5/1/2 (learned attention when the model has it), 0.75/1/1.25 + flip."""
+def demo_recipes(hierarchical: bool, scales: Sequence[float] = (0.5, 1.0, 2.0)) -> tuple[EvalRecipe, ...]:
+    """The three evaluations: single scale; `scales` fused by learned attention (`hierarchical`, MscaleOCR) or
+    averaged; the same `scales` averaged with horizontal flip (PaddleSeg aug_eval).
+
+    Raises:
+        ConfigError: `scales` is empty or does not contain 1.0 (hierarchical fusion is anchored at 1.0).
+    """
+    scales = tuple(sorted(float(scale) for scale in scales))
+    if 1.0 not in scales:
+        raise ConfigError(f"the demo's eval.scales must contain 1.0, got {list(scales)}")
+    named = "/".join(f"{scale:g}" for scale in scales)
     multi = (
-        EvalRecipe("hierarchical", "hierarchical attention 0.5/1.0/2.0", HIERARCHICAL_SCALES, "hierarchical", False)
+        EvalRecipe("hierarchical", f"hierarchical attention {named}", scales, "hierarchical", False)
         if hierarchical
-        else EvalRecipe("average3", "average 0.5/1.0/2.0", HIERARCHICAL_SCALES, "average", False)
+        else EvalRecipe(f"average{len(scales)}", f"average {named}", scales, "average", False)
     )
     return (
         EvalRecipe("single", "single scale 1.0", SINGLE_SCALE, "hierarchical", False),
         multi,
-        EvalRecipe("average_flip", "average 0.75/1.0/1.25 + flip (PaddleSeg)", AVERAGE_SCALES, "average", True),
+        EvalRecipe("average_flip", f"average {named} + flip (PaddleSeg)", scales, "average", True),
     )
 
 
@@ -445,7 +452,7 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
     model = build_model(model_cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    recipes = demo_recipes(hasattr(model, "eval_scales"))
+    recipes = demo_recipes(hasattr(model, "eval_scales"), eval_cfg.scales)
     per_pass = measure_inference_pass(model, *image_size, precision=eval_cfg.precision)
     reserve = evaluation_reserve(per_pass, num_val, recipes)
 
@@ -507,7 +514,7 @@ def _evaluate_all(experiment, model: nn.Module, single_metrics, out_dir: Path, n
     data_cfg, eval_cfg, model_cfg = experiment.data, experiment.eval, experiment.model
     class_names, palette = _class_table(model_cfg.num_classes)
     hierarchical = hasattr(model, "eval_scales")
-    recipes = demo_recipes(hierarchical)
+    recipes = demo_recipes(hierarchical, eval_cfg.scales)
     drawn = recipes[1] if hierarchical else recipes[0]
     pictures = PictureWriter(out_dir / "pictures", np.asarray(palette), data_cfg.mean, data_cfg.std, num_pictures,
                              recipes[1].scales if hierarchical else None, drawn.title)  # fmt: skip
@@ -622,7 +629,8 @@ class PictureWriter:
             write_png(path, colors)
             entry["scale_predictions"][f"{scale:g}"] = f"pictures/attention/{path.name}"
         if weights:
-            # One picture of who decides where: red = 0.5x, green = 1.0x, blue = 2.0x share (for 3 scales).
+            # One picture of who decides where: red, green, blue = the share of the smallest, middle, largest scale.
+            entry["shares_scales"] = sorted(weights)[:3]
             channels = [weights[s][0, 0].cpu().numpy() for s in sorted(weights)][:3]
             while len(channels) < 3:
                 channels.append(np.zeros_like(channels[0]))
@@ -691,9 +699,9 @@ def write_index_html(
         parts.append(_class_table_html(results))
     parts.append("<h2>Pictures</h2>")
     legend = ("<p>Each row: prediction overlay; input | ground truth | prediction overlay; for MscaleOCR the learned "
-              "attention of each scale, the share each scale has in the fused prediction (red 0.5x, green 1.0x, blue "
-              "2.0x) and each scale's own prediction. Attention and shares use the viridis colour map: dark blue 0, "
-              "green 0.5, yellow 1.</p>")  # fmt: skip
+              "attention of each scale, the share each scale has in the fused prediction (in the RGB picture: red the "
+              "smallest scale, green the middle one, blue the largest) and each scale's own prediction. Attention and "
+              "shares use the viridis colour map: dark blue 0, green 0.5, yellow 1.</p>")  # fmt: skip
     parts.append(legend)
     for picture in pictures:
         parts.append(f'<div class="row"><h3>{esc(str(picture.get("name", "")))}</h3>')
@@ -702,7 +710,8 @@ def write_index_html(
         parts.append("<br>")
         parts.append(_figure(picture.get("overlay"), "prediction overlay", width=400))
         if picture.get("shares_rgb"):
-            parts.append(_figure(picture["shares_rgb"], "scale shares (R 0.5x, G 1.0x, B 2.0x)", width=400))
+            named = ", ".join(f"{channel} {scale:g}x" for channel, scale in zip("RGB", picture.get("shares_scales", [])))
+            parts.append(_figure(picture["shares_rgb"], f"scale shares ({named})", width=400))
         for scale, path in picture.get("attention", {}).items():
             parts.append(_figure(path, f"attention of scale {scale}x", width=300))
         for scale, path in picture.get("weights", {}).items():

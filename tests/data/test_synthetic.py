@@ -9,6 +9,7 @@ from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
+from attnseg.data.labels import LABELS_BY_NAME
 from attnseg.data.synthetic import SPLIT_CITIES, class_pixel_counts, clip_polygon, make_synthetic_dataset
 
 
@@ -70,6 +71,35 @@ def test_image_colours_follow_the_labels(dataset):
             veg.append(rgb[label_ids == 21].mean(0))
     sky, veg = np.mean(sky, 0), np.mean(veg, 0)
     assert sky[2] > sky[0] and veg[1] > veg[2]
+
+
+def _mean_colours(dataset, names):
+    ids = {name: LABELS_BY_NAME[name].id for name in names}
+    totals = {name: np.zeros(3) for name in names}
+    counts = dict.fromkeys(names, 0)
+    for label_path in sorted(dataset.glob("gtFine/*/*/*_labelIds.png")):
+        label_ids = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+        image_path = str(label_path).replace("gtFine", "leftImg8bit", 1).replace("_gtFine_labelIds", "_leftImg8bit")
+        rgb = cv2.imread(image_path)[..., ::-1].astype(np.float64)
+        for name, label_id in ids.items():
+            mask = label_ids == label_id
+            totals[name] += rgb[mask].sum(0)
+            counts[name] += int(mask.sum())
+    return {name: totals[name] / max(counts[name], 1) for name in names}
+
+
+def test_classes_keep_their_looks(dataset):
+    """Vehicles wear their operator's livery and riders hi-vis vests, so colour separates classes that shape alone
+    separates only after long training (bus vs car, tram vs bus, rider vs person); lighting still varies it."""
+    looks = _mean_colours(dataset, ["bus", "truck", "train", "bicycle", "rider", "wall", "motorcycle"])
+    red, green, blue = 0, 1, 2
+    assert looks["bus"][red] > 2 * looks["bus"][blue]  # yellow / orange
+    assert looks["truck"][blue] > 1.5 * looks["truck"][red]  # blue boxes
+    assert min(looks["train"][green], looks["train"][blue]) > 1.3 * looks["train"][red]  # teal
+    assert looks["bicycle"][blue] > 1.5 * looks["bicycle"][red]  # cyan frames
+    assert looks["rider"][green] > 2 * looks["rider"][blue]  # hi-vis yellow
+    assert looks["wall"][red] > 2 * looks["wall"][blue]  # brick
+    assert looks["motorcycle"][blue] > 1.3 * looks["motorcycle"][green]  # purple
 
 
 def test_every_train_id_appears_in_a_small_val_split(dataset):

@@ -1,9 +1,10 @@
 """``attnseg demo [--out DIR] [--minutes M] [--model NAME]``: the whole job on a CPU in about ten minutes.
 
-Generates the synthetic street scenes, trains a narrow MscaleOCR (two-scale training, NVIDIA's loss: RMI on the
-fused output 1.0, aux 0.4, each scale 0.05) on 2 threads within the time budget, evaluates it single-scale, with
-hierarchical 0.5/1.0/2.0 attention and with PaddleSeg-style 0.75/1.0/1.25 averaging + flip, prints the [EVAL] lines
-and a comparison table, and writes pictures and ``DIR/index.html``. ``DIR/run`` is an ordinary training run folder
+Generates the synthetic street scenes, trains a narrow MscaleOCR (two-scale training, NVIDIA's loss layout: the
+fused output 1.0, aux 0.4, each scale 0.05, with NVIDIA's image-based class weighting) on 2 threads within the time
+budget, evaluates it single-scale, with hierarchical attention over the config's eval.scales (0.25/0.5/1.0) and with
+those scales averaged + flip (PaddleSeg aug_eval), prints the [EVAL] lines and a comparison table, and writes
+pictures and ``DIR/index.html``. ``DIR/run`` is an ordinary training run folder
 (``config.yaml``, ``checkpoints/best|last``) for ``attnseg eval``, ``predict``, ``export`` and ``benchmark``.
 ``--model psanet_r18_narrow`` does the same for PSANet (scale averaging instead of learned attention).
 """
