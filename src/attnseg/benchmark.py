@@ -250,8 +250,11 @@ def cpu_description() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    fields: dict[str, str] = {}
+    for line in text.splitlines():  # the first processor's entries are enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model, flags = fields.get("model name", ""), set(fields.get("flags", "").split())
     if "amx_bf16" in flags:
         isa = "AMX bf16"
     elif "avx512_bf16" in flags:
@@ -572,8 +575,7 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
             if route in by_route and ROUTES[route]["backend"] == "torch":
                 check = _memory_check(spec, route, by_route[route], checkpoint, folder, images, largest, log)
         return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check,
-                               export_dynamic, (load_before, _load_average()), (fp32_engine, bf16_engine),
-                               cpu_description())
+                               export_dynamic, (load_before, _load_average()), (fp32_engine, bf16_engine))
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)

@@ -15,3 +15,24 @@ class DatasetError(AttnsegError):
 
 class WeightsError(AttnsegError):
     """A weights file cannot be read, is unsafe to unpickle, or does not fit the model."""
+
+
+# Optional packages and the pyproject extra that installs each.
+OPTIONAL_PACKAGE_EXTRAS: dict[str, str] = {
+    "onnx": "export",
+    "onnxruntime": "export",
+    "openvino": "openvino",
+}
+
+
+def require_optional(package: str):
+    """Import an optional package (a key of `OPTIONAL_PACKAGE_EXTRAS`), or raise an `AttnsegError` naming the
+    extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        extra = OPTIONAL_PACKAGE_EXTRAS[package]
+        raise AttnsegError(f"this needs the optional package {package!r}: pip install 'attnseg[{extra}]' "
+                           f"(from a checkout: pip install -e '.[{extra}]')") from None

@@ -1,10 +1,12 @@
 """attnseg.cli.main: a missing optional package ends in one line that names the extra, not a traceback."""
 
 import argparse
+import sys
 
 import pytest
 
 from attnseg.cli import main as cli_main
+from attnseg.errors import require_optional
 
 
 def _parser_running(func):
@@ -15,10 +17,8 @@ def _parser_running(func):
 
 
 def test_missing_optional_package_names_its_extra(monkeypatch, capsys):
-    def needs_onnx(args):
-        raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
-
-    monkeypatch.setattr(cli_main, "build_parser", lambda: _parser_running(needs_onnx))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails as if it were not installed
+    monkeypatch.setattr(cli_main, "build_parser", lambda: _parser_running(lambda args: require_optional("onnx")))
     assert cli_main.main(["export"]) == 2
     message = capsys.readouterr().err
     assert "attnseg export: error" in message and "'onnx'" in message and "attnseg[export]" in message

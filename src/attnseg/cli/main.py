@@ -30,15 +30,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-# Optional packages and the extra that installs each (pyproject.toml): a command that needs one says how to get it.
-OPTIONAL_PACKAGE_EXTRAS: dict[str, str] = {
-    "onnx": "export",
-    "onnxruntime": "export",
-    "openvino": "openvino",
-    "tensorboard": "tensorboard",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnseg",
@@ -65,14 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AttnsegError, FileNotFoundError) as error:
         # Errors about the user's data or options carry their own explanation; a traceback would bury it.
         print(f"attnseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as error:
-        package = (error.name or "").split(".")[0]
-        if package not in OPTIONAL_PACKAGE_EXTRAS:
-            raise
-        extra = OPTIONAL_PACKAGE_EXTRAS[package]
-        print(f"attnseg {args.command}: error: this needs the optional package {package!r}; install it with "
-              f"pip install 'attnseg[{extra}]' (from a checkout: pip install -e '.[{extra}]')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attnseg {args.command}: interrupted", file=sys.stderr)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnseg.errors import AttnsegError, WeightsError
+from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.models.outputs import SegmentationOutput
 from attnseg.weights import ModelDescription
 
@@ -228,7 +228,7 @@ def inference_scales(model: nn.Module, scales: Sequence[float] | None) -> Iterat
 # ---------------------------------------------------------------------------------------------------------------
 def non_standard_ops(onnx_model: Any) -> list[str]:
     """``domain::op`` of every node (subgraphs included) outside the standard ONNX operator set."""
-    import onnx
+    onnx = require_optional("onnx")
 
     found: set[str] = set()
 
@@ -349,7 +349,7 @@ def export_onnx(
     Raises:
         ExportError: non-standard operators in the graph, or a verification failure.
     """
-    import onnx
+    onnx = require_optional("onnx")
 
     import attnseg
 
@@ -415,8 +415,7 @@ def export_onnx(
 def quiet_onnxruntime_session(path: str | os.PathLike) -> Any:
     """A CPU ONNX Runtime session that logs only fatal errors: for checks whose failures we report ourselves
     (as `ExportError`, naming the file and the shape) instead of ONNX Runtime's own error lines."""
-    import onnxruntime
-
+    onnxruntime = require_optional("onnxruntime")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from attnseg.errors import AttnsegError
+from attnseg.errors import require_optional
 from attnseg.export.onnx import ExportSidecar, OutputOp, export_onnx, read_export_sidecar, write_export_sidecar
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -28,11 +28,7 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 def require_openvino():
     """The `openvino` module, or an `AttnsegError` saying how to install it."""
-    try:
-        import openvino
-    except ImportError:
-        raise AttnsegError("OpenVINO is not installed: `pip install openvino` (or attnseg[openvino])") from None
-    return openvino
+    return require_optional("openvino")
 
 
 def export_openvino(

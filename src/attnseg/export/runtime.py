@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnseg.errors import AttnsegError, WeightsError
+from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.export.onnx import ExportSidecar, inference_scales, labels_dtype, read_export_sidecar
 from attnseg.models.outputs import SegmentationOutput
 
@@ -183,8 +183,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime
-
+        onnxruntime = require_optional("onnxruntime")
         self.path = Path(path)
         if not self.path.is_file():
             raise WeightsError(f"{self.path}: no such ONNX file")
