@@ -19,6 +19,7 @@ from attnseg.demo import (
     comparison_table,
     demo_recipes,
     effective_scale_weights,
+    ensure_dataset,
     evaluation_reserve,
     write_index_html,
 )
@@ -209,6 +210,17 @@ def test_deadline_trainer_keeps_the_reserve_it_is_told(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end at tiny settings
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_demo_data_is_reused_only_when_drawn_by_the_same_generator(tmp_path):
+    root = tmp_path / "data"
+    assert ensure_dataset(root, 1, 1, 32, 64, seed=0, workers=1, progress=False)
+    assert not ensure_dataset(root, 1, 1, 32, 64, seed=0, workers=1, progress=False)
+    marker = root / "demo_dataset.json"
+    older = {**json.loads(marker.read_text()), "scenes_version": 0}  # written by an earlier release
+    marker.write_text(json.dumps(older))
+    assert ensure_dataset(root, 1, 1, 32, 64, seed=0, workers=1, progress=False)
+    assert not ensure_dataset(root, 1, 1, 32, 64, seed=0, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from torch import nn
 from attnseg.engine.trainer import Trainer
 from attnseg.errors import ConfigError
 
-DEFAULT_MODEL = "mscale_ocr_hrnet_w18_small"
+DEFAULT_MODEL = "mscale_ocr_hrnet_w18_small_v1"
 DEMO_CONFIGS = {"mscale": "demo_mscale.yaml", "psanet": "demo_psanet.yaml"}
 SINGLE_SCALE = (1.0,)
 
@@ -270,10 +270,11 @@ def ensure_dataset(
     root: Path, num_train: int, num_val: int, height: int, width: int, seed: int, workers: int, progress: bool
 ) -> bool:
     """Write the synthetic scenes under `root` unless the same ones are there; returns True when it generated."""
-    from attnseg.data.synthetic import make_synthetic_dataset
+    from attnseg.data.synthetic import SCENES_VERSION, make_synthetic_dataset
 
     marker = root / "demo_dataset.json"
-    spec = {"num_train": num_train, "num_val": num_val, "height": height, "width": width, "seed": seed}
+    spec = {"num_train": num_train, "num_val": num_val, "height": height, "width": width, "seed": seed,
+            "scenes_version": SCENES_VERSION}
     if marker.is_file():
         try:
             if json.loads(marker.read_text()) == spec:
@@ -337,7 +338,7 @@ def run_demo(
         out_dir: demo folder: ``data/`` (the scenes), ``run/`` (the training run folder), ``pictures/``,
             ``index.html``, ``demo_metrics.json``.
         minutes: wall-clock budget for everything; training ends early enough to leave time for the rest.
-        model_name: registered model to train (default: the config's, MscaleOCR HRNet-W18-Small).
+        model_name: registered model to train (default: the config's, MscaleOCR HRNet-W18-Small-v1).
         config: demo config (default ``configs/demo_mscale.yaml``, or ``demo_psanet.yaml`` for ``psanet*``).
         overrides: ``section.key=value`` config overrides (e.g. ``train.iters=20`` for a quick look).
         num_train, num_val: synthetic scenes per split.

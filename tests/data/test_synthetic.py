@@ -91,7 +91,7 @@ def _mean_colours(dataset, names):
 def test_classes_keep_their_looks(dataset):
     """Vehicles wear their operator's livery and riders hi-vis vests, so colour separates classes that shape alone
     separates only after long training (bus vs car, tram vs bus, rider vs person); lighting still varies it."""
-    looks = _mean_colours(dataset, ["bus", "truck", "train", "bicycle", "rider", "wall", "motorcycle"])
+    looks = _mean_colours(dataset, ["bus", "truck", "train", "bicycle", "rider", "wall", "motorcycle", "fence"])
     red, green, blue = 0, 1, 2
     assert looks["bus"][red] > 2 * looks["bus"][blue]  # yellow / orange
     assert looks["truck"][blue] > 1.5 * looks["truck"][red]  # blue boxes
@@ -100,6 +100,7 @@ def test_classes_keep_their_looks(dataset):
     assert looks["rider"][green] > 2 * looks["rider"][blue]  # hi-vis yellow
     assert looks["wall"][red] > 2 * looks["wall"][blue]  # brick
     assert looks["motorcycle"][blue] > 1.3 * looks["motorcycle"][green]  # purple
+    assert looks["fence"].max() - looks["fence"].min() < 25 and looks["fence"].mean() > 100  # white palisade
 
 
 def test_every_train_id_appears_in_a_small_val_split(dataset):

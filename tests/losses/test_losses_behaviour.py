@@ -146,6 +146,13 @@ def test_image_weighted_batch_and_per_image_weights():
     assert float(per_image(logits, labels)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_image_weighted_rejects_labels_outside_the_classes():
+    logits, labels = make_batch()
+    labels[0, 0, 0] = K  # neither a class nor ignore_index
+    with pytest.raises(ValueError, match="outside"):
+        ImageWeightedCrossEntropyLoss(K)(logits, labels)
+
+
 def test_soft_nll_on_hard_labels_is_batch_size_times_weighted_nll_per_image():
     logits, labels = make_batch()
     quirk = ImageWeightedSoftNLLLoss(K)

@@ -11,6 +11,7 @@ from torch import nn
 from attnseg.models.backbones.hrnet import HRNET_CONFIGS, concat_branches, hrnet
 
 EXPECTED_CHANNELS = {
+    "w18_small_v1": [16, 32, 64, 128],
     "w18_small": [18, 36, 72, 144],
     "w18": [18, 36, 72, 144],
     "w32": [32, 64, 128, 256],
@@ -45,6 +46,15 @@ def test_w18_small_is_the_published_v2_depth():
     assert all(set(s.num_blocks) == {2} for s in (config.stage2, config.stage3, config.stage4))
     model = hrnet("w18_small")
     assert len(model.stage3) == 3 and len(model.stage4) == 2 and len(model.stage4[0].branches[3]) == 2
+
+
+def test_w18_small_v1_is_the_published_depth():
+    config = HRNET_CONFIGS["w18_small_v1"]
+    assert config.stage1.num_blocks == (1,) and config.stage1.num_channels == (32,)
+    assert [s.num_modules for s in (config.stage2, config.stage3, config.stage4)] == [1, 1, 1]
+    model = hrnet("w18_small_v1")
+    assert model.layer1[0].conv3.out_channels == 128  # bottleneck expansion 4 of width 32
+    assert len(model.stage4) == 1 and len(model.stage4[0].branches[3]) == 2
 
 
 def test_names_follow_the_reference_layout():

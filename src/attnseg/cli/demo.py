@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="wall-clock budget for everything; training stops early to fit (default: 10)")
     parser.add_argument("--model", default=None,
-                        help="model to train (default: mscale_ocr_hrnet_w18_small; psanet_r18_narrow for PSANet)")
+                        help="model to train (default: mscale_ocr_hrnet_w18_small_v1; psanet_r18_narrow for PSANet)")
     parser.add_argument("--config", default=None, help="demo config (default: configs/demo_mscale.yaml or demo_psanet)")
     parser.add_argument("--train-images", type=int, default=300, help="synthetic training scenes (default: 300)")
     parser.add_argument("--val-images", type=int, default=30, help="synthetic validation scenes (default: 30)")

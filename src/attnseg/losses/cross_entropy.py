@@ -116,30 +116,27 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
         self.weights_from = weights_from
         self.ignore_index = ignore_index
 
-    def _class_counts(self, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.long().flatten()
-        labels = labels[(labels >= 0) & (labels < self.num_classes)]
-        return torch.bincount(labels, minlength=self.num_classes)
-
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of logits (N, K, H, W) against labels (N, H, W)."""
         check_shapes(logits, labels)
         with full_precision(logits):
             logits = logits.float()
-            batch_weights = class_frequency_weights(
-                self._class_counts(labels), self.upper_bound, self.inverse_frequency
-            )
-            total = logits.new_zeros(())
-            for image_logits, image_labels in zip(logits, labels):
-                if self.weights_from == "batch":
-                    weights = batch_weights
-                else:
-                    weights = class_frequency_weights(
-                        self._class_counts(image_labels), self.upper_bound, self.inverse_frequency
-                    )
-                criterion = CrossEntropyLoss(weight=weights, ignore_index=self.ignore_index).to(logits.device)
-                total = total + criterion(image_logits[None], image_labels[None])
-            return total
+            labels = labels.long().flatten(1)  # (N, P)
+            valid = labels != self.ignore_index
+            if bool(((labels < 0) | (labels >= self.num_classes))[valid].any()):
+                raise ValueError(f"labels hold values outside [0, {self.num_classes}) other than ignore_index "
+                                 f"{self.ignore_index}")
+            safe_labels = torch.where(valid, labels, 0)
+            # One pass for all images: the per-image loops of the reference cost a criterion call per image.
+            counts = torch.zeros(len(labels), self.num_classes, device=labels.device)
+            counts.scatter_add_(1, safe_labels, valid.to(counts.dtype))
+            if self.weights_from == "batch":
+                counts = counts.sum(dim=0, keepdim=True).expand(len(labels), -1)
+            weights = class_frequency_weights(counts, self.upper_bound, self.inverse_frequency)
+            pixel_weights = torch.gather(weights, 1, safe_labels) * valid
+            nll = F.cross_entropy(logits.flatten(2), safe_labels, reduction="none")
+            per_image = (pixel_weights * nll).sum(dim=1) / pixel_weights.sum(dim=1).clamp_min(torch.finfo(nll.dtype).tiny)
+            return per_image.sum()
 
 
 def one_hot_with_ignore_channel(

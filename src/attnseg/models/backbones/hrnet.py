@@ -262,10 +262,12 @@ def concat_branches(features: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([features[0], *(_upsample_to(f, size) for f in features[1:])], dim=1)
 
 
-def _hrnet_config(width: int, stage1_blocks: int, blocks: int, modules: tuple[int, int, int]) -> HRNetConfig:
+def _hrnet_config(
+    width: int, stage1_blocks: int, blocks: int, modules: tuple[int, int, int], stage1_channels: int = 64
+) -> HRNetConfig:
     widths = tuple(width * 2**i for i in range(4))
     return HRNetConfig(
-        stage1=StageConfig(1, (stage1_blocks,), (64,), "BOTTLENECK"),
+        stage1=StageConfig(1, (stage1_blocks,), (stage1_channels,), "BOTTLENECK"),
         stage2=StageConfig(modules[0], (blocks,) * 2, widths[:2]),
         stage3=StageConfig(modules[1], (blocks,) * 3, widths[:3]),
         stage4=StageConfig(modules[2], (blocks,) * 4, widths[:4]),
@@ -273,8 +275,11 @@ def _hrnet_config(width: int, stage1_blocks: int, blocks: int, modules: tuple[in
 
 
 # Published HRNetV2 variants (HRNet-Semantic-Segmentation configs): W18-small-v2 has 2 blocks per branch and
-# 1/3/2 modules in stages 2/3/4; the full-size variants have 4 blocks and 1/4/3 modules.
+# 1/3/2 modules in stages 2/3/4; the full-size variants have 4 blocks and 1/4/3 modules. W18-small-v1 (despite the
+# name, branches 16/32/64/128 wide) has one bottleneck of width 32 in stage 1 and one module per later stage: half
+# the training step of v2 on CPU, which is what the demo needs.
 HRNET_CONFIGS: dict[str, HRNetConfig] = {
+    "w18_small_v1": _hrnet_config(16, stage1_blocks=1, blocks=2, modules=(1, 1, 1), stage1_channels=32),
     "w18_small": _hrnet_config(18, stage1_blocks=2, blocks=2, modules=(1, 3, 2)),
     "w18": _hrnet_config(18, stage1_blocks=4, blocks=4, modules=(1, 4, 3)),
     "w32": _hrnet_config(32, stage1_blocks=4, blocks=4, modules=(1, 4, 3)),
@@ -283,7 +288,8 @@ HRNET_CONFIGS: dict[str, HRNetConfig] = {
 
 
 def hrnet(variant: str, *, norm_layer: NormLayer = nn.BatchNorm2d) -> HRNet:
-    """Build an HRNetV2 backbone by name: ``"w48"``, ``"w32"``, ``"w18"`` or ``"w18_small"``."""
+    """Build an HRNetV2 backbone by name: ``"w48"``, ``"w32"``, ``"w18"``, ``"w18_small"`` (v2) or
+    ``"w18_small_v1"``."""
     try:
         config = HRNET_CONFIGS[variant]
     except KeyError:
