@@ -50,6 +50,9 @@ def test_recipes_and_reserve():
     assert hierarchical[1].title == "hierarchical attention 0.5/1/2"
     assert [r.relative_cost for r in hierarchical] == [1.0, 5.25, 10.5]
     assert [r.multi_scale for r in demo_recipes(False, [0.25, 0.5, 1.0])] == ["hierarchical", "average", "average"]
+    flipped = demo_recipes(True, [0.25, 0.5, 1.0], flip=True)
+    assert flipped[1].flip and flipped[1].title == "hierarchical attention 0.25/0.5/1 + flip"
+    assert flipped[1].relative_cost == flipped[2].relative_cost  # learned attention vs averaging, both flipped
     with pytest.raises(ConfigError, match="must contain 1.0"):
         demo_recipes(True, [0.5, 2.0])
     assert evaluation_reserve(0.0, 30, hierarchical, fixed=7.0) == 7.0

@@ -58,9 +58,11 @@ class EvalRecipe:
         return sum(scale * scale for scale in self.scales) * (2 if self.flip else 1)
 
 
-def demo_recipes(hierarchical: bool, scales: Sequence[float] = (0.5, 1.0, 2.0)) -> tuple[EvalRecipe, ...]:
+def demo_recipes(
+    hierarchical: bool, scales: Sequence[float] = (0.5, 1.0, 2.0), flip: bool = False
+) -> tuple[EvalRecipe, ...]:
     """The three evaluations: single scale; `scales` fused by learned attention (`hierarchical`, MscaleOCR) or
-    averaged; the same `scales` averaged with horizontal flip (PaddleSeg aug_eval).
+    averaged, with horizontal flip when `flip`; the same `scales` averaged with flip (PaddleSeg aug_eval).
 
     Raises:
         ConfigError: `scales` is empty or does not contain 1.0 (hierarchical fusion is anchored at 1.0).
@@ -68,12 +70,13 @@ def demo_recipes(hierarchical: bool, scales: Sequence[float] = (0.5, 1.0, 2.0)) 
     scales = tuple(sorted(float(scale) for scale in scales))
     if 1.0 not in scales:
         raise ConfigError(f"the demo's eval.scales must contain 1.0, got {list(scales)}")
-    named = "/".join(f"{scale:g}" for scale in scales)
+    named = "/".join(f"{scale:g}" for scale in scales) + (" + flip" if flip else "")
     multi = (
-        EvalRecipe("hierarchical", f"hierarchical attention {named}", scales, "hierarchical", False)
+        EvalRecipe("hierarchical", f"hierarchical attention {named}", scales, "hierarchical", flip)
         if hierarchical
-        else EvalRecipe(f"average{len(scales)}", f"average {named}", scales, "average", False)
+        else EvalRecipe(f"average{len(scales)}", f"average {named}", scales, "average", flip)
     )
+    named = "/".join(f"{scale:g}" for scale in scales)
     return (
         EvalRecipe("single", "single scale 1.0", SINGLE_SCALE, "hierarchical", False),
         multi,
@@ -453,7 +456,7 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
     model = build_model(model_cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    recipes = demo_recipes(hasattr(model, "eval_scales"), eval_cfg.scales)
+    recipes = demo_recipes(hasattr(model, "eval_scales"), eval_cfg.scales, eval_cfg.flip)
     per_pass = measure_inference_pass(model, *image_size, precision=eval_cfg.precision)
     reserve = evaluation_reserve(per_pass, num_val, recipes)
 
@@ -515,7 +518,7 @@ def _evaluate_all(experiment, model: nn.Module, single_metrics, out_dir: Path, n
     data_cfg, eval_cfg, model_cfg = experiment.data, experiment.eval, experiment.model
     class_names, palette = _class_table(model_cfg.num_classes)
     hierarchical = hasattr(model, "eval_scales")
-    recipes = demo_recipes(hierarchical, eval_cfg.scales)
+    recipes = demo_recipes(hierarchical, eval_cfg.scales, eval_cfg.flip)
     drawn = recipes[1] if hierarchical else recipes[0]
     pictures = PictureWriter(out_dir / "pictures", np.asarray(palette), data_cfg.mean, data_cfg.std, num_pictures,
                              recipes[1].scales if hierarchical else None, drawn.title)  # fmt: skip
