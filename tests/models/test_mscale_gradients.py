@@ -20,7 +20,8 @@ def all_tensors(out: SegmentationOutput) -> list[torch.Tensor]:
 def test_family_is_registered():
     assert set(FAMILY) <= set(MODEL_BUILDERS)
     assert set(FAMILY) == {"mscale_ocr_hrnet_w48", "mscale_ocr_hrnet_w32", "mscale_ocr_hrnet_w18",
-                           "mscale_ocr_hrnet_w18_small", "ocr_hrnet_w48", "ocr_hrnet_w18_small"}  # fmt: skip
+                           "mscale_ocr_hrnet_w18_small", "mscale_ocr_hrnet_w18_small_v1", "ocr_hrnet_w48",
+                           "ocr_hrnet_w18_small"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", FAMILY)

@@ -135,7 +135,8 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
             weights = class_frequency_weights(counts, self.upper_bound, self.inverse_frequency)
             pixel_weights = torch.gather(weights, 1, safe_labels) * valid
             nll = F.cross_entropy(logits.flatten(2), safe_labels, reduction="none")
-            per_image = (pixel_weights * nll).sum(dim=1) / pixel_weights.sum(dim=1).clamp_min(torch.finfo(nll.dtype).tiny)
+            denominators = pixel_weights.sum(dim=1).clamp_min(torch.finfo(nll.dtype).tiny)
+            per_image = (pixel_weights * nll).sum(dim=1) / denominators
             return per_image.sum()
 
 
