@@ -54,6 +54,12 @@ ROUTES: dict[str, dict[str, Any]] = {
     "openvino-bf16": {"backend": "openvino", "precision": "bf16"},
 }
 REFERENCE_ROUTE = "torch-fp32"
+# Optional packages a route needs besides torch: every exported route is checked against ONNX Runtime after export.
+BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": (),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "openvino": ("onnx", "onnxruntime", "openvino"),
+}
 GB = 1024**3
 
 # Targets stated in the project brief (reported, never asserted).
@@ -61,6 +67,13 @@ TARGET_SPEEDUP = 5.0
 TARGET_AGREEMENT = 0.995
 TARGET_MEMORY_RATIO = 1.2
 TARGET_BF16_SHARE = 0.40
+
+
+def missing_packages(route: str) -> list[str]:
+    """The optional packages `route` needs that are not installed (empty when it can run)."""
+    import importlib.util
+
+    return [name for name in BACKEND_PACKAGES[ROUTES[route]["backend"]] if importlib.util.find_spec(name) is None]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ OPTIONAL_PACKAGE_EXTRAS: dict[str, str] = {
 }
 
 
+def install_hint(package: str) -> str:
+    """How to install an optional package (a key of `OPTIONAL_PACKAGE_EXTRAS`): its pip extra."""
+    extra = OPTIONAL_PACKAGE_EXTRAS[package]
+    return f"pip install 'attnseg[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+
+
 def require_optional(package: str):
     """Import an optional package (a key of `OPTIONAL_PACKAGE_EXTRAS`), or raise an `AttnsegError` naming the
     extra that installs it."""
@@ -33,6 +39,4 @@ def require_optional(package: str):
     try:
         return importlib.import_module(package)
     except ImportError:
-        extra = OPTIONAL_PACKAGE_EXTRAS[package]
-        raise AttnsegError(f"this needs the optional package {package!r}: pip install 'attnseg[{extra}]' "
-                           f"(from a checkout: pip install -e '.[{extra}]')") from None
+        raise AttnsegError(f"this needs the optional package {package!r}: {install_hint(package)}") from None

@@ -1,6 +1,7 @@
 """CLI: attnseg export, predict/eval --backend onnxruntime equal to PyTorch, attnseg benchmark end to end."""
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -122,3 +123,22 @@ def test_machine_matmul_rate_takes_the_best_engine(monkeypatch):
     monkeypatch.setattr(bench, "openvino_matmul_rate", lambda dtype, threads=2: None)  # OpenVINO not installed
     assert bench.machine_matmul_rate("bf16") == (1.0e11, "torch.mm")
     assert bench.cpu_description()  # model name and matrix ISA, e.g. "AMD EPYC (AVX-512 bf16, no AMX)"
+
+
+def test_benchmark_routes_without_their_packages(monkeypatch, capsys):
+    import importlib.util
+
+    from attnseg.cli.benchmark import installed_routes
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))  # fmt: skip
+    routes = ["torch-fp32", "onnxruntime", "openvino-bf16"]
+    messages = []
+    # By default a route that cannot run is left out, with a line naming the extra that would enable it
+    assert installed_routes(routes, explicit=False, log=messages.append) == ["torch-fp32", "onnxruntime"]
+    assert messages == [messages[0]] and "openvino-bf16" in messages[0] and "attnseg[openvino]" in messages[0]
+    # Asked for by name, it is a one-line error from the CLI, not a traceback from the export child process
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code = main(["benchmark", "psanet_r18_narrow", "--size", "32", "64", "--routes", "torch-fp32,openvino-bf16"])
+    assert code == 2 and "attnseg[openvino]" in capsys.readouterr().err

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[1024, 2048], help="input size")
     parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     parser.add_argument("--scales", type=_scales, default=(1.0,), help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
-    parser.add_argument("--routes", default=",".join(ROUTES),
-                        help=f"comma list of {', '.join(ROUTES)} (default: all)")  # fmt: skip
+    parser.add_argument("--routes", default=None,
+                        help=f"comma list of {', '.join(ROUTES)} (default: all whose packages are installed)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="keep only the routes of this precision (torch-fp32 is always run as the reference)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -66,18 +66,40 @@ def select_routes(text: str, precision: str | None, compile_flag: bool | None) -
     return [r for r in ROUTES if r in wanted]
 
 
-def run(args: argparse.Namespace) -> int:
-    from attnseg.benchmark import BenchmarkSpec, format_report, run_benchmark
+def installed_routes(routes: list[str], explicit: bool, log) -> list[str]:
+    """`routes` whose optional packages are installed. Asked for by name (`explicit`), a route that cannot run is an
+    error naming the extra to install; by default it is left out with a line saying so."""
+    from attnseg.benchmark import ROUTES, missing_packages
+    from attnseg.errors import install_hint, require_optional
 
-    routes = select_routes(args.routes, args.precision, args.compile)
+    kept = []
+    for route in routes:
+        missing = missing_packages(route)
+        if not missing:
+            kept.append(route)
+        elif explicit:
+            require_optional(missing[0])  # raises an AttnsegError naming the pip extra
+        else:
+            log(f"skipping route {route}: {missing[0]!r} is not installed; {install_hint(missing[0])}")
+    return [r for r in ROUTES if r in kept]
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnseg.benchmark import ROUTES, BenchmarkSpec, format_report, run_benchmark
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    explicit = args.routes is not None
+    routes = select_routes(args.routes if explicit else ",".join(ROUTES), args.precision, args.compile)
+    routes = installed_routes(routes, explicit, log)
     slow = tuple(r.strip() for r in args.slow_routes.split(",") if r.strip())
     spec = BenchmarkSpec(
         model=args.model, input_size=(args.size[0], args.size[1]), scales=tuple(args.scales), batch=args.batch,
         runs=args.runs, warmup=args.warmup, threads=args.threads, slow_runs=args.slow_runs if slow else None,
         slow_routes=slow,
     )  # fmt: skip
-    report = run_benchmark(spec, routes, memory_check=not args.no_memory_check, work_dir=args.work_dir,
-                           log=lambda message: print(message, file=sys.stderr, flush=True))  # fmt: skip
+    report = run_benchmark(spec, routes, memory_check=not args.no_memory_check, work_dir=args.work_dir, log=log)
     table = format_report(report)
     print(table)
     if args.out is not None:
