@@ -70,13 +70,13 @@ def demo_recipes(
     scales = tuple(sorted(float(scale) for scale in scales))
     if 1.0 not in scales:
         raise ConfigError(f"the demo's eval.scales must contain 1.0, got {list(scales)}")
-    named = "/".join(f"{scale:g}" for scale in scales) + (" + flip" if flip else "")
-    multi = (
-        EvalRecipe("hierarchical", f"hierarchical attention {named}", scales, "hierarchical", flip)
-        if hierarchical
-        else EvalRecipe(f"average{len(scales)}", f"average {named}", scales, "average", flip)
-    )
     named = "/".join(f"{scale:g}" for scale in scales)
+    multi_named = f"{named} + flip" if flip else named
+    multi = (
+        EvalRecipe("hierarchical", f"hierarchical attention {multi_named}", scales, "hierarchical", flip)
+        if hierarchical
+        else EvalRecipe(f"average{len(scales)}", f"average {multi_named}", scales, "average", flip)
+    )
     return (
         EvalRecipe("single", "single scale 1.0", SINGLE_SCALE, "hierarchical", False),
         multi,
