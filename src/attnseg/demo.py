@@ -321,7 +321,7 @@ def _log(message: str) -> None:
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
     *,
-    minutes: float = 10.0,
+    minutes: float = 9.0,
     model_name: str | None = None,
     config: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
