@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -66,7 +67,7 @@ def select_routes(text: str, precision: str | None, compile_flag: bool | None) -
     return [r for r in ROUTES if r in wanted]
 
 
-def installed_routes(routes: list[str], explicit: bool, log) -> list[str]:
+def installed_routes(routes: list[str], explicit: bool, log: Callable[[str], None]) -> list[str]:
     """`routes` whose optional packages are installed. Asked for by name (`explicit`), a route that cannot run is an
     error naming the extra to install; by default it is left out with a line saying so."""
     from attnseg.benchmark import ROUTES, missing_packages
