@@ -428,3 +428,18 @@ def test_uint8_labels_give_the_same_loss(name):
     loss = all_losses()[name]
     logits, labels = make_batch()
     torch.testing.assert_close(loss(logits, labels.to(torch.uint8)), loss(logits, labels))
+
+
+@pytest.mark.parametrize("name", list(all_losses()))
+def test_channels_last_logits_give_the_same_loss_and_gradient(name):
+    # A channels-last model hands the criterion NHWC-strided logits; some losses take a faster path for them.
+    loss = all_losses()[name]
+    logits, labels = make_batch(n=2, h=12, w=20)
+    dense = logits.clone().requires_grad_(True)
+    strided = logits.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert not strided.is_contiguous()
+    dense_value, strided_value = loss(dense, labels), loss(strided, labels)
+    (dense_value * 1.5).backward()
+    (strided_value * 1.5).backward()
+    torch.testing.assert_close(strided_value, dense_value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(strided.grad, dense.grad, rtol=1e-5, atol=1e-7)

@@ -121,12 +121,14 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
         check_shapes(logits, labels)
         with full_precision(logits):
             logits = logits.float()
-            labels = labels.long().flatten(1)  # (N, P)
+            labels = labels.long()
             valid = labels != self.ignore_index
             if bool(((labels < 0) | (labels >= self.num_classes))[valid].any()):
                 raise ValueError(f"labels hold values outside [0, {self.num_classes}) other than ignore_index "
                                  f"{self.ignore_index}")
             safe_labels = torch.where(valid, labels, 0)
+            nll = pixel_cross_entropy(logits, safe_labels, None, self.ignore_index).flatten(1)  # (N, P)
+            valid, safe_labels = valid.flatten(1), safe_labels.flatten(1)
             # One pass for all images: the per-image loops of the reference cost a criterion call per image.
             counts = torch.zeros(len(labels), self.num_classes, device=labels.device)
             counts.scatter_add_(1, safe_labels, valid.to(counts.dtype))
@@ -134,7 +136,6 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
                 counts = counts.sum(dim=0, keepdim=True).expand(len(labels), -1)
             weights = class_frequency_weights(counts, self.upper_bound, self.inverse_frequency)
             pixel_weights = torch.gather(weights, 1, safe_labels) * valid
-            nll = F.cross_entropy(logits.flatten(2), safe_labels, reduction="none")
             denominators = pixel_weights.sum(dim=1).clamp_min(torch.finfo(nll.dtype).tiny)
             per_image = (pixel_weights * nll).sum(dim=1) / denominators
             return per_image.sum()
