@@ -158,6 +158,51 @@ def test_planned_dataset_applies_seeded_transform_and_centroid():
     assert seen == [(1, 2), None]
 
 
+class _CountingPart:
+    """A raw dataset that counts its reads."""
+
+    def __init__(self, count: int):
+        self.reads = 0
+        self.count = count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return {"image": np.full((4, 4, 3), index, np.uint8), "label": np.full((4, 4), index, np.uint8)}
+
+
+def test_planned_dataset_decodes_each_sample_once_when_caching():
+    def transform(sample, rng):
+        return {"image": sample["image"] + rng.integers(0, 3), "label": sample["label"]}
+
+    part = _CountingPart(3)
+    cached = PlannedDataset([part], transform, cache_decoded=True)
+    first = [cached[SampleSpec(i, seed=i)] for i in (0, 1, 2, 1, 0)]
+    again = [cached[SampleSpec(i, seed=i)] for i in (0, 1, 2, 1, 0)]
+    assert part.reads == 3
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, again))
+    assert [int(item["label"][0, 0]) for item in again] == [0, 1, 2, 1, 0]
+
+    uncached_part = _CountingPart(3)
+    uncached = PlannedDataset([uncached_part], transform)
+    assert all(np.array_equal(uncached[SampleSpec(i, seed=i)]["image"], a["image"]) for i, a in zip((0, 1, 2), first))
+    assert uncached_part.reads == 3
+    uncached[SampleSpec(0, seed=0)]
+    assert uncached_part.reads == 4
+
+
+def test_cached_samples_cannot_be_changed_by_a_transform():
+    def in_place(sample, rng):
+        sample["image"] += 1
+        return sample
+
+    dataset = PlannedDataset([_CountingPart(1)], in_place, cache_decoded=True)
+    with pytest.raises(ValueError, match="read-only"):
+        dataset[SampleSpec(0, seed=0)]
+
+
 def test_centroid_cache_keyed_by_content(tmp_path):
     files = []
     for i in range(3):

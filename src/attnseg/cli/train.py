@@ -86,6 +86,8 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
     seed_everything(train_cfg.seed, context.rank, train_cfg.deterministic)
 
     model = build_model(model_cfg).to(context.device)
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if context.is_distributed and train_cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, train_cfg)

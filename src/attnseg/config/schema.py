@@ -78,6 +78,8 @@ class DataConfig:
     pad_value: tuple[float, float, float] | None = None
     ignore_index: int = 255
     num_workers: int = 2
+    # Keep decoded training images and labels in memory (small data sets with num_workers 0; see PlannedDataset).
+    cache_decoded: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.class_uniform_fraction <= 1.0:
@@ -129,6 +131,9 @@ class TrainConfig:
     warmup_start_factor: float = 0.1
     # fp32; bf16 = autocast bfloat16 (CPU or CUDA); fp16 = autocast float16 + GradScaler (CUDA only).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Keep weights and activations NHWC: oneDNN (CPU) and cuDNN run their fast kernels without layout reorders
+    # (measured with the demo's model on 2 CPU cores: 0.38 vs 0.47 s per fp32 step).
+    channels_last: bool = True
     grad_clip_norm: float | None = None  # clip the global gradient norm; None = no clipping (both references)
     ema_decay: float | None = None  # EMA of the weights (evaluated and saved instead); None = off
     sync_bn: bool = True  # SyncBatchNorm when running on several processes

@@ -393,12 +393,22 @@ class PlannedDataset(Dataset):
     """Reads the sample a `SampleSpec` names from the concatenated `parts` and augments it with its own seed.
 
     Returns ``{"image": float CHW tensor, "label": int64 HW tensor, "index": int}`` (after `transform`).
+
+    Args:
+        parts: raw datasets (items with uint8 ``image`` and ``label``), indexed one after the other.
+        transform: ``transform(sample, rng) -> sample``.
+        cache_decoded: keep every decoded image and label in memory after its first read. For data sets that fit in
+            RAM (the demo's 300 scenes take 160 MB; Cityscapes fine would take 25 GB): decoding a PNG costs more
+            than the crop and augmentation made from it. Each loader worker keeps its own copy, for as long as the
+            worker lives (one epoch), so it pays off with ``num_workers=0``.
     """
 
-    def __init__(self, parts: Sequence[Any], transform: Callable[[dict, np.random.Generator], dict]):
+    def __init__(self, parts: Sequence[Any], transform: Callable[[dict, np.random.Generator], dict],
+                 cache_decoded: bool = False):  # fmt: skip
         self.parts = list(parts)
         self.transform = transform
         self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache_decoded else None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -406,15 +416,28 @@ class PlannedDataset(Dataset):
     def __getitem__(self, spec: SampleSpec | int) -> dict:
         if not isinstance(spec, SampleSpec):
             spec = SampleSpec(int(spec), int(spec))
-        part = int(np.searchsorted(self.offsets, spec.index, side="right")) - 1
-        if part < 0 or part >= len(self.parts):
-            raise IndexError(f"sample index {spec.index} outside 0..{len(self) - 1}")
-        item = self.parts[part][spec.index - int(self.offsets[part])]
-        sample = {"image": item["image"], "label": item["label"]}
+        image, label = self._decoded(spec.index)
+        sample = {"image": image, "label": label}
         if spec.centroid_y >= 0:
             sample["centroid"] = (spec.centroid_y, spec.centroid_x)
         sample = self.transform(sample, np.random.default_rng(spec.seed))
         return {"image": sample["image"], "label": sample["label"], "index": spec.index}
+
+    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        if part < 0 or part >= len(self.parts):
+            raise IndexError(f"sample index {index} outside 0..{len(self) - 1}")
+        item = self.parts[part][index - int(self.offsets[part])]
+        decoded = (item["image"], item["label"])
+        if self.cache is not None:
+            # Read-only, so that no transform can change what later epochs read.
+            for array in decoded:
+                if isinstance(array, np.ndarray):
+                    array.flags.writeable = False
+            self.cache[index] = decoded
+        return decoded
 
 
 def epochs_for_iters(iters: int, batches: int) -> int:

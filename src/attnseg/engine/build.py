@@ -193,7 +193,7 @@ def build_train_data(
         raise ConfigError(str(error)) from None
     sampler = DistributedPlanSampler(planner, batch_size=train_cfg.batch_size, rank=rank, world_size=world_size)
     parts = [fine, coarse] if use_coarse else [fine]
-    dataset = PlannedDataset(parts, train_transform_from_config(data_cfg))
+    dataset = PlannedDataset(parts, train_transform_from_config(data_cfg), cache_decoded=data_cfg.cache_decoded)
     loader = DataLoader(
         dataset,
         batch_size=train_cfg.batch_size,
