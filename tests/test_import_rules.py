@@ -25,7 +25,8 @@ def test_models_import_only_torch_and_themselves(path):
     for name in imported_modules(path):
         top = name.split(".")[0]
         allowed = top in {"torch", "numpy"} | STANDARD_LIBRARY_OK or name.startswith("attnseg.models")
-        assert allowed, f"{path.relative_to(PACKAGE)} imports {name}: model code may import only torch and attnseg.models"
+        assert allowed, (f"{path.relative_to(PACKAGE)} imports {name}: "
+                         "model code may import only torch and attnseg.models")
 
 
 @pytest.mark.parametrize("folder", ["models", "engine", "inference", "losses", "metrics", "export"])

@@ -348,8 +348,8 @@ def run_demo(
         image_size: (height, width) of the scenes.
         data_seed: seed of the scenes.
         threads: torch intra-op threads (None keeps torch's choice).
-        channels_last: train and evaluate in channels-last memory format (with bf16 it uses the AMX units far
-            better; checkpoints are saved contiguous either way).
+        channels_last: train and evaluate in channels-last memory format (oneDNN's fast kernels without layout
+            reorders; checkpoints are saved contiguous either way). Training also follows ``train.channels_last``.
         num_pictures: validation images that get pictures.
         progress: tqdm bars for training and evaluation.
         log: where progress lines go.
@@ -386,7 +386,9 @@ def run_demo(
         f"{'written' if generated else 'reused'} in {timings['data']:.1f} s ({data_root})")  # fmt: skip
 
     t0 = time.perf_counter()
-    trained = _train(experiment, run_dir, deadline, num_val, image_size, channels_last, progress, log, save_config)
+    train_channels_last = channels_last and experiment.train.channels_last
+    trained = _train(experiment, run_dir, deadline, num_val, image_size, train_channels_last, progress, log,
+                     save_config)
     timings["train"] = time.perf_counter() - t0
     model, single_metrics, summary = trained
     log(f"[demo] trained {summary['iteration']} iterations in {timings['train']:.0f} s"
@@ -718,7 +720,8 @@ def write_index_html(
         parts.append("<br>")
         parts.append(_figure(picture.get("overlay"), "prediction overlay", width=400))
         if picture.get("shares_rgb"):
-            named = ", ".join(f"{channel} {scale:g}x" for channel, scale in zip("RGB", picture.get("shares_scales", [])))
+            scales = picture.get("shares_scales", [])
+            named = ", ".join(f"{channel} {scale:g}x" for channel, scale in zip("RGB", scales))
             parts.append(_figure(picture["shares_rgb"], f"scale shares ({named})", width=400))
         for scale, path in picture.get("attention", {}).items():
             parts.append(_figure(path, f"attention of scale {scale}x", width=300))

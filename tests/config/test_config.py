@@ -70,7 +70,8 @@ def test_wrong_types_are_errors(override, fragment):
 
 
 def test_loss_terms_are_typed():
-    config = load_config(None, ["train.losses=[{output: logits, loss: rmi}, {output: aux_logits, loss: cross_entropy, weight: 0.4}]"])
+    losses = "[{output: logits, loss: rmi}, {output: aux_logits, loss: cross_entropy, weight: 0.4}]"
+    config = load_config(None, [f"train.losses={losses}"])
     assert [t.loss for t in config.train.losses] == ["rmi", "cross_entropy"]
     assert config.train.losses[1].weight == 0.4
     with pytest.raises(ConfigError, match="required key 'loss'"):

@@ -123,7 +123,8 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
                 return _convert(option, value, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(annotation)}")
+        raise ConfigError(errors[0] if len(errors) == 1
+                          else f"{where}: {value!r} matches none of {_type_name(annotation)}")
     if origin is Literal:
         allowed = get_args(annotation)
         if value not in allowed:
@@ -140,7 +141,8 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
         key_type, value_type = get_args(annotation)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {_convert(key_type, k, f"{where}.{k}"): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(key_type, k, f"{where}.{k}"): _convert(value_type, v, f"{where}.{k}")
+                for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")

@@ -515,7 +515,8 @@ class SceneBuilder:
             length = rng.uniform(8, 28)
             segments.append((z, min(z + length, self.skyline_z)))
             z += length
-        kinds = list(rng.choice(["none", "wall", "fence", "vegetation"], size=len(segments), p=[0.55, 0.15, 0.15, 0.15]))
+        kinds = list(rng.choice(["none", "wall", "fence", "vegetation"], size=len(segments),
+                                p=[0.55, 0.15, 0.15, 0.15]))
         for forced, forced_side in (("wall", -1), ("fence", 1)):
             if forced in self.forced and forced not in kinds[:3] and side == forced_side:
                 kinds[rng.integers(0, min(3, len(kinds)))] = forced
