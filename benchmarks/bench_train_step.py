@@ -1,4 +1,5 @@
-"""Training-step time and peak memory of MscaleOCR (two-scale training) on this CPU, fp32 vs bf16 autocast.
+"""Training-step time and peak memory of MscaleOCR (two-scale training) on this CPU: fp32 vs bf16 autocast, NCHW vs
+channels-last (`train.channels_last`, the default of `attnseg train`).
 
 One step = forward at scales 0.5 and 1.0, the NVIDIA loss layout (CE version: aux 0.4, joint 1.0, 0.5x and 1.0x
 0.05 each), backward, SGD step. Prints medians over --repeats steps (after --warmup) and the bf16/fp32 ratio,
@@ -6,7 +7,8 @@ all measured in this one run. Peak memory is the process's peak resident set siz
 precision's runs, so run one precision per process (--precision) when the absolute peak matters.
 
     python benchmarks/bench_train_step.py                        # full size: w48, 512x1024, batch 1
-    python benchmarks/bench_train_step.py --model mscale_ocr_hrnet_w18_small --height 128 --width 256  # quick check
+    python benchmarks/bench_train_step.py --model mscale_ocr_hrnet_w18_small_v1 --height 128 --width 256 --batch 8
+                                                                 # the demo's model and step
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def criterion() -> SegmentationCriterion:
     ])
 
 
-def measure(model_name: str, precision: str, height: int, width: int, batch: int, warmup: int, repeats: int):
+def measure(model_name: str, precision: str, channels_last: bool, height: int, width: int, batch: int, warmup: int,
+            repeats: int):  # fmt: skip
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=19).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = criterion()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch, 3, height, width)
@@ -57,7 +62,8 @@ def measure(model_name: str, precision: str, height: int, width: int, batch: int
         elapsed = time.perf_counter() - start
         if step >= warmup:
             times.append(elapsed)
-        print(f"  {precision} step {step}: {elapsed:.2f} s (loss {loss.item():.3f})", file=sys.stderr, flush=True)
+        print(f"  {precision} {layout_name(channels_last)} step {step}: {elapsed:.2f} s (loss {loss.item():.3f})",
+              file=sys.stderr, flush=True)
     return statistics.median(times), peak_rss_gib()
 
 
@@ -71,18 +77,25 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--layout", choices=("nchw", "channels_last", "both"), default="both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    results = {p: measure(args.model, p, args.height, args.width, args.batch, args.warmup, args.repeats)
-               for p in precisions}
+    layouts = (False, True) if args.layout == "both" else (args.layout == "channels_last",)
+    results = {(p, cl): measure(args.model, p, cl, args.height, args.width, args.batch, args.warmup, args.repeats)
+               for p in precisions for cl in layouts}
     print(f"\n{args.model}, crop {args.height}x{args.width}, batch {args.batch}, {args.threads} threads, "
           f"median of {args.repeats} steps (torch {torch.__version__})")
-    print(f"{'precision':<10} {'step (s)':>10} {'img/s':>8} {'peak RSS (GiB)':>15} {'speed-up':>9}")
-    base = results.get("fp32", next(iter(results.values())))[0]
-    for precision, (median, peak) in results.items():
-        print(f"{precision:<10} {median:>10.2f} {args.batch / median:>8.3f} {peak:>15.2f} {base / median:>8.2f}x")
+    print(f"{'precision':<10} {'layout':<14} {'step (s)':>10} {'img/s':>8} {'peak RSS (GiB)':>15} {'speed-up':>9}")
+    base = next(iter(results.values()))[0]  # the first row: fp32 NCHW when both are measured
+    for (precision, channels_last), (median, peak) in results.items():
+        print(f"{precision:<10} {layout_name(channels_last):<14} {median:>10.3f} {args.batch / median:>8.3f} "
+              f"{peak:>15.2f} {base / median:>8.2f}x")
     return 0
+
+
+def layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "nchw"
 
 
 if __name__ == "__main__":
