@@ -463,14 +463,15 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
     reserve = evaluation_reserve(per_pass, num_val, recipes)
 
     passes = [per_pass]
-    replans = [0]
+    replans = 0
 
     def current_reserve() -> float:
+        nonlocal replans
         # Two passes (~1/3 of a training step) every fifth re-plan track the machine's load at a cost of 0.5% of the
         # training time; the median of the last three measurements keeps one unlucky pass on a busy machine from
         # ending training.
-        replans[0] += 1
-        if replans[0] % 5 == 0:
+        replans += 1
+        if replans % 5 == 0:
             passes.append(measure_inference_pass(model, *image_size, eval_cfg.precision, warmup=1, repeats=1))
         return evaluation_reserve(float(np.median(passes[-3:])), num_val, recipes)
 

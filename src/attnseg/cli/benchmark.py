@@ -70,7 +70,7 @@ def select_routes(text: str, precision: str | None, compile_flag: bool | None) -
 def installed_routes(routes: list[str], explicit: bool, log: Callable[[str], None]) -> list[str]:
     """`routes` whose optional packages are installed. Asked for by name (`explicit`), a route that cannot run is an
     error naming the extra to install; by default it is left out with a line saying so."""
-    from attnseg.benchmark import ROUTES, missing_packages
+    from attnseg.benchmark import missing_packages
     from attnseg.errors import install_hint, require_optional
 
     kept = []
@@ -82,7 +82,7 @@ def installed_routes(routes: list[str], explicit: bool, log: Callable[[str], Non
             require_optional(missing[0])  # raises an AttnsegError naming the pip extra
         else:
             log(f"skipping route {route}: {missing[0]!r} is not installed; {install_hint(missing[0])}")
-    return [r for r in ROUTES if r in kept]
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:

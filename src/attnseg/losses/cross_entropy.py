@@ -123,7 +123,7 @@ class ImageWeightedCrossEntropyLoss(nn.Module):
             logits = logits.float()
             labels = labels.long()
             valid = labels != self.ignore_index
-            if bool(((labels < 0) | (labels >= self.num_classes))[valid].any()):
+            if bool((valid & ((labels < 0) | (labels >= self.num_classes))).any()):  # masked, not indexed: no nonzero()
                 raise ValueError(f"labels hold values outside [0, {self.num_classes}) other than ignore_index "
                                  f"{self.ignore_index}")
             safe_labels = torch.where(valid, labels, 0)
