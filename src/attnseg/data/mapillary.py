@@ -39,6 +39,9 @@ VISTAS_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 VISTAS_NUM_CLASSES = 65  # evaluated classes; index 65 (Unlabeled) is the ignore value in NVIDIA's loader
 VISTAS_UNLABELED = 65
+#: The values a v1.2 label PNG may hold: the 66 class indices (65 = Unlabeled).
+VISTAS_VALUES: frozenset[int] = frozenset(range(len(VISTAS_CLASSES)))
+VISTAS_VALUE_DESCRIPTION = f"Mapillary Vistas v1.2 class indices (0..{len(VISTAS_CLASSES) - 1})"
 
 # Vistas class name -> Cityscapes trainId class name; names not listed become ignore (255).
 _TO_CITYSCAPES_NAMES: dict[str, str] = {
@@ -140,7 +143,8 @@ class MapillaryDataset(SegmentationFiles):
         self.class_names = CITYSCAPES_CLASSES if classes == "cityscapes" else VISTAS_CLASSES[:VISTAS_NUM_CLASSES]
         table = VISTAS_TO_CITYSCAPES if classes == "cityscapes" else VISTAS_NATIVE
         self.lookup_tables = {"vistas": table, "none": None}
-        self.allowed_values = {"vistas": frozenset(range(len(VISTAS_CLASSES)))}
+        self.allowed_values = {"vistas": VISTAS_VALUES}
+        self.value_descriptions = {"vistas": VISTAS_VALUE_DESCRIPTION}
 
     def __repr__(self) -> str:
         root = str(self.root)
