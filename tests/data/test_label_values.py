@@ -76,7 +76,8 @@ def test_train_id_40_through_the_training_loader(copy):
     data.sampler.set_epoch(0)
     with pytest.raises(DatasetError) as caught:
         next(iter(data.loader))
-    assert str(caught.value).startswith(f"{victim}: label values [40] are not trainIds") and "\n" not in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith(f"{victim}: label values [40] are not trainIds") and "\n" not in message
 
 
 def test_label_id_outside_the_cityscapes_table(copy):
