@@ -419,3 +419,61 @@ def write_extra_list(root: str | Path) -> dict[str, int]:
             lines.append(f"{image.relative_to(root).as_posix()} {label.relative_to(root).as_posix()}")
     atomic_write_text(root / "train_extra.txt", "".join(line + "\n" for line in lines))
     return {"train_extra.txt": len(lines)}
+
+
+@dataclass
+class MapillaryCheck:
+    """What `check_mapillary` checked; `str()` gives the summary the CLI prints."""
+
+    root: Path
+    images: dict[str, int] = field(default_factory=dict)  # split -> labelled images
+    decoded: int = 0  # frames whose image and label were decoded and label values checked
+    unchanged: int = 0
+
+    def __str__(self) -> str:
+        lines = [f"{split}: {count} labelled images" for split, count in self.images.items()]
+        lines.append(f"sizes checked on every file; decoded with label values checked: {self.decoded} "
+                     f"({self.unchanged} frames unchanged since they last passed)")  # fmt: skip
+        lines.append(f"Mapillary Vistas at {self.root}: {sum(self.images.values())} labelled images, ready "
+                     "(no conversion needed)")  # fmt: skip
+        return "\n".join(lines)
+
+
+def _mapillary_frames(root: Path, all_values: bool, sample_size: int) -> tuple[list[FrameFiles], list[Problem], dict]:
+    from attnseg.data.mapillary import list_split, vistas_label_path
+
+    frames, problems, counts = [], [], {}
+    for split in ("train", "val"):
+        if split == "val" and not (root / "validation").is_dir():
+            continue  # training data alone is enough for pre-training
+        samples, unlabelled = list_split(root, split)
+        problems += [(str(image), f"{image}: no label file; expected {vistas_label_path(root, split, image)}")
+                     for image in unlabelled]  # fmt: skip
+        counts[split] = len(samples)
+        chosen = set(range(len(samples)))
+        if not all_values and len(samples) > sample_size:  # evenly spread, always the first and the last
+            chosen = set(np.linspace(0, len(samples) - 1, max(sample_size, 2)).round().astype(int).tolist())
+        frames += [FrameFiles(image=str(s.image), label=str(s.label), encoding="vistas", decode=k in chosen)
+                   for k, s in enumerate(samples)]  # fmt: skip
+    return frames, problems, counts
+
+
+def check_mapillary(
+    root: str | Path, workers: int = 1, progress: bool = True, all_values: bool = False, sample_size: int = 32
+) -> MapillaryCheck:
+    """Check a Mapillary Vistas v1.2 tree (its labels need no conversion) before a long pre-training run.
+
+    Every image and label file's size is read from its header; `sample_size` evenly spread frames per split (all of
+    them with `all_values`) are decoded and their label values checked against the 66 v1.2 classes.
+
+    Raises:
+        DatasetError: a missing folder or a wrong config.json (naming it), or bad files: one error lists them all.
+    """
+    root = Path(root)
+    frames, problems, counts = _mapillary_frames(root, all_values, sample_size)
+    remove_stale_temporaries(root, recursive=False)
+    result = check_frames(frames, workers=workers, progress=progress,
+                          cache_path=root / ".attnseg_prepare_mapillary.json", desc="checking")  # fmt: skip
+    raise_for_problems(problems + result.problems, root, what="marked ready")
+    decoded = sum(frame.decode for frame in frames)
+    return MapillaryCheck(root, counts, decoded=decoded, unchanged=result.unchanged)
