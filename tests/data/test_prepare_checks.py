@@ -144,3 +144,18 @@ def test_label_ids_conversion_checks_values():
         train_ids_from_label_ids(np.array([[34, 40, 7]], np.uint8), "x.png")
     with pytest.raises(DatasetError, match=r"\[-2\]"):
         train_ids_from_label_ids(np.array([[-2, 7]], np.int32), "x.png")
+
+
+def test_coarse_labels_are_checked_and_train_extra_images_need_no_fine_label(copy):
+    for label in sorted(copy.glob("gtFine/train/*/*_gtFine_labelIds.png")):
+        target = copy / "gtCoarse" / "train" / label.parent.name / label.name.replace("gtFine", "gtCoarse")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(label, target)
+    bad = sorted(copy.glob("gtCoarse/train/*/*_gtCoarse_labelIds.png"))[0]
+    cv2.imwrite(str(bad), np.full((32, 64), 40, np.uint8))
+    extra = copy / "leftImg8bit" / "train_extra" / "x"  # where the trainextra zip unpacks when merged into the root
+    extra.mkdir(parents=True)
+    cv2.imwrite(str(extra / "x_000000_000019_leftImg8bit.png"), np.zeros((32, 64, 3), np.uint8))
+    assert prepare_cityscapes(copy, workers=1, progress=False).written == 5  # gtCoarse not asked for
+    with pytest.raises(DatasetError, match=rf"^1 bad file under .*\n  {bad}: label values \[40\] are not labelIds"):
+        prepare_cityscapes(copy, workers=1, progress=False, include_coarse=True)

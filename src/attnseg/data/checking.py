@@ -185,11 +185,14 @@ def _progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Itera
 def _signature(frame: FrameFiles) -> list | None:
     """What must be unchanged for an earlier pass to still hold: the checks asked for and each file's size and
     modification time; None if a file cannot be stat'ed (the check then reports it)."""
-    try:
-        stamps = [[path, os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in frame.files]
-    except OSError:
-        return None
-    return [frame.encoding, frame.decode, *stamps]
+    stamps: list = [frame.encoding, frame.decode]
+    for path in frame.files:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        stamps.append([path, status.st_size, status.st_mtime_ns])
+    return stamps
 
 
 def _read_cache(path: Path | None) -> dict[str, list]:

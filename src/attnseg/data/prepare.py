@@ -223,8 +223,8 @@ def _split_frames(
 def _quality_frames(root: Path, quality: str, require_images: bool) -> tuple[list[FrameFiles], list[Problem]]:
     label_root = root / quality
     splits = {p.name for p in label_root.iterdir() if p.is_dir()}
-    if require_images:
-        splits |= {p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir()}
+    if require_images:  # not leftImg8bit/train_extra (the trainextra zip unpacks there): gtFine has no labels for it
+        splits |= {p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir() and p.name in SPLITS}
     frames, problems = [], []
     for split in sorted(splits):
         split_frames, split_problems = _split_frames(root, quality, split, require_images)
