@@ -115,6 +115,8 @@ def test_cli_prints_the_list_and_exits_2(copy, capsys):
     err = capsys.readouterr().err
     assert err.startswith("attnseg prepare: error: 4 bad files") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 5
+    assert main(["prepare", "cityscapes", str(copy), "--workers", "0"]) == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_autolabelled_values_are_checked(copy):
