@@ -91,8 +91,11 @@ def test_value_outside_the_label_table(copy):
     label[5, 5] = 42
     cv2.imwrite(str(victim), label)
     dataset = CityscapesDataset(copy, "train")
-    with pytest.raises(DatasetError, match=rf"{victim.name}: values \[42\] are outside the trainIds label table"):
+    expected = rf"{victim.name}: label values \[42\] are not trainIds of the 19 classes \(0..18\) or the ignore value"
+    with pytest.raises(DatasetError, match=expected):
         dataset.validate("all")
+    with pytest.raises(DatasetError, match=expected):
+        dataset[1]
 
 
 def test_bad_split_or_mode():

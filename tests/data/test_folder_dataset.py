@@ -30,8 +30,22 @@ def test_pairs_by_relative_path(folders):
 
 def test_raw_values_are_checked_against_num_classes(folders):
     dataset = FolderDataset(folders / "images", folders / "masks", num_classes=19)
-    with pytest.raises(DatasetError, match=r"a.png: values \[26\]"):
+    expected = r"a.png: label values \[26\] are not class ids of the 19 classes \(0..18\) or the ignore value 255"
+    with pytest.raises(DatasetError, match=expected):
         dataset.validate("all")
+    with pytest.raises(DatasetError, match=expected):  # and when training or evaluation reads it
+        dataset[0]
+    assert set(np.unique(FolderDataset(folders / "images", folders / "masks", num_classes=27)[0]["label"])) == {
+        0, 1, 7, 26, 255}
+
+
+def test_label_map_output_is_checked(folders):
+    table = np.full(256, 255, np.uint8)
+    table[[0, 1, 7]] = [0, 1, 2]
+    table[26] = 40  # a table that sends a raw value past the 19 classes is as wrong as the value itself
+    dataset = FolderDataset(folders / "images", folders / "masks", label_map=table)
+    with pytest.raises(DatasetError, match=r"a.png: label values \[26\] are not values that label_map maps to class"):
+        dataset[0]
 
 
 def test_list_file_and_unlabelled(folders):

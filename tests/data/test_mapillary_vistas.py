@@ -61,3 +61,24 @@ def test_missing_label_and_wrong_config(vistas):
     (vistas / "config.json").write_text(json.dumps({"labels": [{"readable": "Road"}]}))
     with pytest.raises(DatasetError, match="config.json"):
         MapillaryDataset(vistas, "val")
+
+
+def test_prepare_mapillary_lists_every_bad_file(vistas, capsys):
+    from attnseg.cli.main import main
+    from attnseg.data.prepare import check_mapillary
+
+    summary = check_mapillary(vistas, workers=1, progress=False, all_values=True)
+    assert summary.images == {"train": 2, "val": 2} and summary.decoded == 4
+    bad_value = vistas / "training" / "labels" / "im0.png"
+    _palette_png(bad_value, np.full((6, 13), 70))
+    wrong_size = vistas / "validation" / "labels" / "im1.png"
+    _palette_png(wrong_size, np.zeros((5, 13)))
+    (vistas / "validation" / "labels" / "im0.png").unlink()
+    assert main(["prepare", "mapillary", str(vistas), "--all-values", "--workers", "1", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("attnseg prepare: error: 3 bad files") and len(lines) == 4
+    assert f"  {bad_value}: label values [70] are not Mapillary Vistas v1.2 class indices (0..65)" in lines
+    assert any(line.startswith(f"  {wrong_size}: label is 13x5 but its image") for line in lines)
+    assert any(line.startswith(f"  {vistas / 'validation' / 'images' / 'im0.jpg'}: no label file") for line in lines)
+    with pytest.raises(DatasetError, match=r"im0.png: label values \[70\]"):
+        MapillaryDataset(vistas, "train")[0]  # and when training reads it

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from attnseg.data.base import Sample, SegmentationFiles, Transform, read_label_png, require_dir
+from attnseg.data.base import (
+    Sample,
+    SegmentationFiles,
+    Transform,
+    class_id_description,
+    read_label_png,
+    require_dir,
+)
 from attnseg.data.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
@@ -41,6 +48,11 @@ from attnseg.errors import DatasetError
 
 MODES = ("fine", "coarse", "autolabelled")
 TRAIN_ID_VALUES = frozenset(range(NUM_CLASSES)) | {IGNORE_INDEX}
+TRAIN_ID_DESCRIPTION = class_id_description(NUM_CLASSES, IGNORE_INDEX)
+LABEL_ID_DESCRIPTION = "labelIds of the Cityscapes label table (0..33)"
+# NVIDIA's refinement_final labels hold labelIds plus 255 where the autolabeller left a pixel unlabelled.
+AUTOLABEL_ID_VALUES = VALID_LABEL_IDS | {255}
+AUTOLABEL_ID_DESCRIPTION = "labelIds of the Cityscapes label table (0..33) or 255 (unlabelled autolabel pixels)"
 
 # NVIDIA BaseLoader.drop_mask: the labelled region of a 1024x2048 frame, (top, bottom, left, right), end exclusive.
 EGO_BORDER_FRAME = (1024, 2048)
@@ -203,8 +215,11 @@ class CityscapesDataset(SegmentationFiles):
         super().__init__(check_layout(root, split, mode), transform)
         self.root, self.split, self.mode = Path(root), split, mode
         self.lookup_tables = {"labelIds": id_to_train_id, "trainIds": None, "none": None}
-        self.allowed_values = {"labelIds": VALID_LABEL_IDS | ({255} if mode == "autolabelled" else set()),
+        autolabelled = mode == "autolabelled"
+        self.allowed_values = {"labelIds": AUTOLABEL_ID_VALUES if autolabelled else VALID_LABEL_IDS,
                                "trainIds": TRAIN_ID_VALUES}  # fmt: skip
+        self.value_descriptions = {"labelIds": AUTOLABEL_ID_DESCRIPTION if autolabelled else LABEL_ID_DESCRIPTION,
+                                   "trainIds": TRAIN_ID_DESCRIPTION}  # fmt: skip
         self.autolabel_min_confidence = autolabel_min_confidence
         self.autolabel_gtcoarse_classes = tuple(sorted(set(int(c) for c in autolabel_gtcoarse_classes)))
         self.autolabel_mask_border = bool(autolabel_mask_border)

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from attnseg.data.base import IGNORE_INDEX, Sample, SegmentationFiles, Transform, require_dir
+from attnseg.data.base import (
+    IGNORE_INDEX,
+    Sample,
+    SegmentationFiles,
+    Transform,
+    class_id_description,
+    class_id_values,
+    describe_int_set,
+    require_dir,
+)
 from attnseg.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -72,9 +81,11 @@ class FolderDataset(SegmentationFiles):
         mask_dir: folder of label PNGs mirroring `image_dir`'s structure, or None for unlabelled images.
         list_file: text file of ``<image> [<label>]`` lines instead of the two folders.
         root: folder the list file's paths are relative to (default: the list file's folder).
-        num_classes: valid class ids are ``0..num_classes-1`` plus `ignore_index` (checked by `validate`).
+        num_classes: valid class ids are ``0..num_classes-1`` plus `ignore_index`; every label is checked when it
+            is read (and by `validate`), a value outside them is a `DatasetError` naming the file.
         ignore_index: the label value meaning "no class".
-        label_map: optional (256,) table applied to raw label values (e.g. `attnseg.data.labels.id_to_train_id`).
+        label_map: optional (256,) table applied to raw label values (e.g. `attnseg.data.labels.id_to_train_id`);
+            a raw value it maps outside the class ids is an error.
         image_suffixes: image file suffixes to pick up from `image_dir`.
         mask_suffix: suffix of the label files in `mask_dir`.
         transform: called on each item dict before it is returned.
@@ -110,6 +121,16 @@ class FolderDataset(SegmentationFiles):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.lookup_tables = {"ids": label_map, "none": None}
-        # With a label_map the raw values are some other encoding: any byte is acceptable input to the table.
-        valid = frozenset(range(256)) if label_map is not None else frozenset(range(num_classes)) | {ignore_index}
-        self.allowed_values = {"ids": valid}
+        self.allowed_values, self.value_descriptions = _allowed_values(num_classes, ignore_index, label_map)
+
+
+def _allowed_values(
+    num_classes: int, ignore_index: int, label_map: np.ndarray | None
+) -> tuple[dict[str, frozenset[int]], dict[str, str]]:
+    """The raw values a label may hold: class ids directly, or (with `label_map`) the values it maps to one."""
+    classes = class_id_values(num_classes, ignore_index)
+    description = class_id_description(num_classes, ignore_index, kind="class ids")
+    if label_map is None:
+        return {"ids": classes}, {"ids": description}
+    raw = frozenset(v for v in range(256) if int(label_map[v]) in classes)
+    return {"ids": raw}, {"ids": f"values that label_map maps to {description} (those are {describe_int_set(raw)})"}

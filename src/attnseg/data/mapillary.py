@@ -39,6 +39,9 @@ VISTAS_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 VISTAS_NUM_CLASSES = 65  # evaluated classes; index 65 (Unlabeled) is the ignore value in NVIDIA's loader
 VISTAS_UNLABELED = 65
+#: The values a v1.2 label PNG may hold: the 66 class indices (65 = Unlabeled).
+VISTAS_VALUES: frozenset[int] = frozenset(range(len(VISTAS_CLASSES)))
+VISTAS_VALUE_DESCRIPTION = f"Mapillary Vistas v1.2 class indices (0..{len(VISTAS_CLASSES) - 1})"
 
 # Vistas class name -> Cityscapes trainId class name; names not listed become ignore (255).
 _TO_CITYSCAPES_NAMES: dict[str, str] = {
@@ -95,6 +98,45 @@ def check_config(root: Path) -> None:
         )
 
 
+def _label_dir(split_dir: Path) -> Path:
+    label_dir = split_dir / "v1.2" / "labels"
+    return label_dir if label_dir.is_dir() else split_dir / "labels"
+
+
+def vistas_label_path(root: Path, split: str, image: Path) -> Path:
+    """Where the v1.2 label of `image` (of `split`) is expected."""
+    return _label_dir(root / _SPLIT_DIRS[split]) / f"{image.stem}.png"
+
+
+def list_split(root: str | Path, split: str) -> tuple[list[Sample], list[Path]]:
+    """The (image, label) samples of one split and the images that have no label (for ``test``: none).
+
+    Raises:
+        DatasetError: a missing folder, no images, or a config.json that is not Vistas v1.2's.
+    """
+    if split not in _SPLIT_DIRS:
+        raise ValueError(f"split must be one of {tuple(_SPLIT_DIRS)}, got {split!r}")
+    root = Path(root)
+    require_dir(root, "the Mapillary Vistas root")
+    check_config(root)
+    split_dir = require_dir(root / _SPLIT_DIRS[split], f"Vistas split {split!r}")
+    image_dir = require_dir(split_dir / "images", "Vistas images (*.jpg)")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        raise DatasetError(f"{image_dir}: no images found")
+    if split == "test":
+        return [Sample(p, None, "none", p.stem) for p in images], []
+    require_dir(_label_dir(split_dir), "Vistas labels (*.png)")
+    samples, unlabelled = [], []
+    for image in images:
+        label = vistas_label_path(root, split, image)
+        if label.is_file():
+            samples.append(Sample(image, label, "vistas", image.stem))
+        else:
+            unlabelled.append(image)
+    return samples, unlabelled
+
+
 class MapillaryDataset(SegmentationFiles):
     """Mapillary Vistas images and labels as item dicts.
 
@@ -115,32 +157,18 @@ class MapillaryDataset(SegmentationFiles):
         if classes not in ("cityscapes", "vistas"):
             raise ValueError(f"classes must be 'cityscapes' or 'vistas', got {classes!r}")
         root = Path(root)
-        require_dir(root, "the Mapillary Vistas root")
-        check_config(root)
-        split_dir = require_dir(root / _SPLIT_DIRS[split], f"Vistas split {split!r}")
-        image_dir = require_dir(split_dir / "images", "Vistas images (*.jpg)")
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not images:
-            raise DatasetError(f"{image_dir}: no images found")
-        samples = []
-        if split == "test":
-            samples = [Sample(p, None, "none", p.stem) for p in images]
-        else:
-            label_dir = split_dir / "v1.2" / "labels"
-            label_dir = label_dir if label_dir.is_dir() else split_dir / "labels"
-            require_dir(label_dir, "Vistas labels (*.png)")
-            for image in images:
-                label = label_dir / f"{image.stem}.png"
-                if not label.is_file():
-                    raise DatasetError(f"{image}: no label file; expected {label}")
-                samples.append(Sample(image, label, "vistas", image.stem))
+        samples, unlabelled = list_split(root, split)
+        if unlabelled:
+            image = unlabelled[0]
+            raise DatasetError(f"{image}: no label file; expected {vistas_label_path(root, split, image)}")
         super().__init__(samples, transform)
         self.root, self.split, self.classes = root, split, classes
         self.num_classes = len(CITYSCAPES_CLASSES) if classes == "cityscapes" else VISTAS_NUM_CLASSES
         self.class_names = CITYSCAPES_CLASSES if classes == "cityscapes" else VISTAS_CLASSES[:VISTAS_NUM_CLASSES]
         table = VISTAS_TO_CITYSCAPES if classes == "cityscapes" else VISTAS_NATIVE
         self.lookup_tables = {"vistas": table, "none": None}
-        self.allowed_values = {"vistas": frozenset(range(len(VISTAS_CLASSES)))}
+        self.allowed_values = {"vistas": VISTAS_VALUES}
+        self.value_descriptions = {"vistas": VISTAS_VALUE_DESCRIPTION}
 
     def __repr__(self) -> str:
         root = str(self.root)
