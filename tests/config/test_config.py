@@ -60,7 +60,7 @@ def test_unknown_section_and_override_key():
         ("train.sync_bn=3", "expected true or false"),
         ("eval.mode=tiles", "not one of"),
         ("data.crop_size=[1,2,3]", "expected 2 values"),
-        ("train.iters=0", "must be positive"),
+        ("train.iters=0", "config.train.iters=0: must be an integer >= 1"),
         ("data.class_uniform_fraction=2", "class_uniform_fraction"),
     ],
 )
