@@ -71,6 +71,8 @@ class DataConfig:
 
     dataset: Literal["cityscapes", "mapillary", "folder"] = "cityscapes"
     root: str = "data/cityscapes"
+    # Mapillary only: score the 19 Cityscapes trainIds (labels mapped) or Vistas' own 65 classes (NVIDIA's recipe).
+    mapillary_classes: Literal["cityscapes", "vistas"] = "cityscapes"
     train_split: str = "train"
     val_split: str = "val"
     # Extra coarse data mixed into training: none, Cityscapes gtCoarse, or the autolabelled refinement_final set.
@@ -124,6 +126,8 @@ class DataConfig:
             raise ValueError(f"class_uniform_fraction must be in [0, 1], got {self.class_uniform_fraction}")
         if self.scale_range[0] <= 0 or self.scale_range[0] > self.scale_range[1]:
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range}")
+        _check(self.mapillary_classes == "cityscapes" or self.dataset == "mapillary", "mapillary_classes",
+               self.mapillary_classes, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
         _check_size("crop_size", self.crop_size)
         _check_counts(self, {"num_workers": 0, "pre_size": 0, "class_uniform_tile": 1})
         _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,
