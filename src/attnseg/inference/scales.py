@@ -134,8 +134,8 @@ def check_hierarchical_scales(scales: tuple[float, ...]) -> None:
         ConfigError: 1.0 is not among `scales`.
     """
     if 1.0 not in scales:
-        raise ConfigError(f"scales {format_scales(scales)}: hierarchical multi-scale fusion (MscaleOCR) needs 1.0 "
-                          "among the scales; add it, or average the scales with multi_scale 'average'")
+        raise ConfigError("hierarchical multi-scale fusion (MscaleOCR) needs 1.0 among the scales; add it, or "
+                          "average the scales with multi_scale 'average'")
 
 
 def check_scaled_input(height: int, width: int, scales: tuple[float, ...], what: str = "the images") -> None:
