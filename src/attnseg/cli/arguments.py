@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from attnseg.errors import AttnsegError
 
@@ -127,6 +128,18 @@ def device_count(kind: str) -> int:
     if module is None or not module.is_available():
         return 0
     return int(module.device_count())
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file path that is an existing folder (writing would fail only after all the work).
+
+    Raises:
+        ConfigError: naming the option and the folder.
+    """
+    from attnseg.errors import ConfigError
+
+    if path is not None and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give the path of a file to write (a new name or a file)")
 
 
 def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:

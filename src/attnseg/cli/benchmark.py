@@ -55,7 +55,7 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: naming the option, the value and the limit.
     """
-    from attnseg.cli.eval import check_output_file
+    from attnseg.cli.arguments import check_output_file
     from attnseg.errors import ConfigError
     from attnseg.inference.scales import MAX_SIDE, check_scaled_input
 

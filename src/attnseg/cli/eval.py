@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 
-from attnseg.cli.arguments import non_negative_int, positive_int, scale_series, size_pair, torch_device
+from attnseg.cli.arguments import check_output_file, non_negative_int, positive_int, scale_series, size_pair
+from attnseg.cli.arguments import torch_device
 
 # Kept for callers that imported them from here.
 _pair = size_pair
@@ -160,14 +161,6 @@ class EvalSetup:
     palette: Any
     description: str
     dataset: Any
-
-
-def check_output_file(path: Path | None, flag: str) -> None:
-    """Refuse an output file path that is an existing folder (it would fail only after the whole evaluation)."""
-    from attnseg.errors import ConfigError
-
-    if path is not None and path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; give the path of a file to write (e.g. {path / 'out.json'})")
 
 
 def dataset_class_count(data_cfg, dataset=None) -> int | None:

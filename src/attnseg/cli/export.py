@@ -54,7 +54,7 @@ def validate(args: argparse.Namespace) -> None:
         ConfigError: a channel count other than 3, a side above the size limit (scales included), an output path
             that is a folder.
     """
-    from attnseg.cli.eval import check_output_file
+    from attnseg.cli.arguments import check_output_file
     from attnseg.errors import ConfigError
     from attnseg.inference.scales import MAX_SIDE, check_scaled_input
 

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnseg.cli.eval import check_output_file
+    from attnseg.cli.arguments import check_output_file
     from attnseg.fileio import atomic_write_text
     from attnseg.metrics.cityscapes import evaluate_folder, format_report
 
