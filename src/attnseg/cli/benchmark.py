@@ -29,9 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="registered model name (random weights) or native checkpoint / run directory")
-    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=[1024, 2048], help="input size")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=[1024, 2048],
+                        help="input size")
     parser.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
-    parser.add_argument("--scales", type=scale_series, default=(1.0,), help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
+    parser.add_argument("--scales", type=scale_series, default=(1.0,),
+                        help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
     parser.add_argument("--routes", default=None,
                         help=f"comma list of {', '.join(ROUTES)} (default: all whose packages are installed)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,

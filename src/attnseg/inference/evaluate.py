@@ -71,7 +71,9 @@ class InferenceRecipe:
         return self.tta_scales == (1.0,) and not self.flip
 
 
-def check_class_count(model_classes: int, dataset_classes: int | None, dataset: str, weights: str = "the model") -> None:
+def check_class_count(
+    model_classes: int, dataset_classes: int | None, dataset: str, weights: str = "the model"
+) -> None:
     """Refuse to score a model on a dataset that evaluates a different number of classes.
 
     The confusion matrix has the model's K rows: with fewer classes than the dataset, ground-truth ids >= K would be
