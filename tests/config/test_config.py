@@ -60,7 +60,7 @@ def test_unknown_section_and_override_key():
         ("train.sync_bn=3", "expected true or false"),
         ("eval.mode=tiles", "not one of"),
         ("data.crop_size=[1,2,3]", "expected 2 values"),
-        ("train.iters=0", "must be positive"),
+        ("train.iters=0", "config.train.iters=0: must be an integer >= 1"),
         ("data.class_uniform_fraction=2", "class_uniform_fraction"),
     ],
 )
@@ -101,3 +101,30 @@ def test_print_config_cli(tmp_path, capsys):
     assert "name: psanet_r50_vd" in out and "lr: 0.5" in out
     assert main(["print-config", str(path), "train.nope=1"]) == 2
     assert "unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; a float field takes it as the number it spells, in overrides and files."""
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5E-4\n  weight_decay: 1e-4\n")
+    config = load_config(path)
+    assert config.train.lr == pytest.approx(5e-4) and config.train.weight_decay == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="config.train.lr: expected a number, got 'nan'"):
+        load_config(None, ["train.lr=nan"])  # a plain string, not YAML's .nan; both are refused
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lr=.inf", "config.train.lr=inf: must be a positive finite number"),
+    ("train.momentum=1.5", "config.train.momentum=1.5: must be below 1"),
+    ("train.ema_decay=1", "config.train.ema_decay=1.0: must be in [0, 1)"),
+    ("eval.stride=[64,64]", "config.eval.stride=(64, 64): must not exceed crop_size"),
+    ("eval.scales=[0.5,0.5,1.0]", "appears more than once"),
+    ("export.input_shape=[1,3,20000,64]", "config.export.input_shape=(1, 3, 20000, 64): more than the 16384 px"),
+    ("data.mapillary_classes=vistas", "config.data.mapillary_classes='vistas': applies to data.dataset 'mapillary'"),
+])
+def test_ranges_name_the_key_and_the_value(override, fragment):
+    overrides = [override] + (["eval.crop_size=[32,32]"] if override.startswith("eval.stride") else [])
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert fragment in str(info.value)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from attnseg.benchmark import ROUTES
-    from attnseg.cli.eval import _scales
+    from attnseg.cli.arguments import non_negative_int, positive_int, scale_series
 
     parser = subparsers.add_parser(
         "benchmark",
@@ -29,24 +29,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="registered model name (random weights) or native checkpoint / run directory")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[1024, 2048], help="input size")
-    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    parser.add_argument("--scales", type=_scales, default=(1.0,), help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=[1024, 2048],
+                        help="input size")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
+    parser.add_argument("--scales", type=scale_series, default=(1.0,),
+                        help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
     parser.add_argument("--routes", default=None,
                         help=f"comma list of {', '.join(ROUTES)} (default: all whose packages are installed)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="keep only the routes of this precision (torch-fp32 is always run as the reference)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-compile drops the torch-compile route")  # fmt: skip
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per route (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up runs per route (default 1)")
+    parser.add_argument("--runs", type=positive_int, default=3, help="timed runs per route (default 3)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="warm-up runs per route (default 1)")
     parser.add_argument("--slow-routes", default="", help="routes timed --slow-runs times without warm-up")
-    parser.add_argument("--slow-runs", type=int, default=1, help="timed runs of the slow routes (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per runtime (default 2)")
+    parser.add_argument("--slow-runs", type=positive_int, default=1, help="timed runs of the slow routes (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads per runtime (default 2)")
     parser.add_argument("--no-memory-check", action="store_true", help="skip the largest-scale-alone memory run")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep checkpoint/exports/labels here")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this text file")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse an input size (scales included) above the size limit and an --out path that is a folder.
+
+    Raises:
+        ConfigError: naming the option, the value and the limit.
+    """
+    from attnseg.cli.arguments import check_output_file
+    from attnseg.errors import ConfigError
+    from attnseg.inference.scales import MAX_SIDE, check_scaled_input
+
+    height, width = args.size
+    if max(height, width) > MAX_SIDE:
+        raise ConfigError(f"--size {height} {width}: more than the {MAX_SIDE} px per side attnseg allows")
+    try:
+        check_scaled_input(height, width, tuple(args.scales), "--size")
+    except ConfigError as error:
+        raise ConfigError(f"--scales: {error}") from None
+    check_output_file(args.out, "--out")
 
 
 def select_routes(text: str, precision: str | None, compile_flag: bool | None) -> list[str]:
@@ -87,6 +109,7 @@ def installed_routes(routes: list[str], explicit: bool, log: Callable[[str], Non
 
 def run(args: argparse.Namespace) -> int:
     from attnseg.benchmark import ROUTES, BenchmarkSpec, format_report, run_benchmark
+    from attnseg.fileio import atomic_write_text
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -105,5 +128,5 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        atomic_write_text(args.out, table + "\n")
     return 0 if all(r.error is None for r in report.results) else 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from attnseg.cli.eval import _scales
+    from attnseg.cli.arguments import positive_int, scale_series
     from attnseg.config.schema import ExportConfig
 
     defaults = ExportConfig()
@@ -31,20 +31,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("weights", help="native checkpoint, training run directory, or a model name (random weights)")
     parser.add_argument("--format", choices=("onnx", "openvino"), default=defaults.format, help="default: %(default)s")
     parser.add_argument("--out", required=True, type=Path, help="target file (.onnx or .xml)")
-    parser.add_argument("--input-shape", type=int, nargs=4, metavar=("N", "C", "H", "W"),
+    parser.add_argument("--input-shape", type=positive_int, nargs=4, metavar=("N", "C", "H", "W"),
                         default=list(defaults.input_shape), help="default: %(default)s")  # fmt: skip
     parser.add_argument("--dynamic", action="store_true", default=defaults.dynamic,
                         help="symbolic batch/height/width; traced at a small size (less export memory)")  # fmt: skip
     parser.add_argument("--output", choices=("logits", "softmax", "argmax"), default=defaults.output,
                         help="float logits/probabilities (N,K,H,W) or uint8 ids (N,H,W); default %(default)s")
-    parser.add_argument("--scales", type=_scales, default=defaults.scales,
+    parser.add_argument("--scales", type=scale_series, default=defaults.scales,
                         help="scales fused inside the graph (MscaleOCR), e.g. 0.5,1.0,2.0; default: the model's own")
-    parser.add_argument("--opset", type=int, default=defaults.opset, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--opset", type=positive_int, default=defaults.opset, help="ONNX opset (default %(default)s)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision,
                         help="OpenVINO precision hint recorded in the sidecar (default %(default)s)")  # fmt: skip
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                         help="compare ONNX Runtime with PyTorch after export (default: on with --dynamic)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse an input shape or scales the export could not trace, before the model is loaded.
+
+    Raises:
+        ConfigError: a channel count other than 3, a side above the size limit (scales included), an output path
+            that is a folder.
+    """
+    from attnseg.cli.arguments import check_output_file
+    from attnseg.errors import ConfigError
+    from attnseg.inference.scales import MAX_SIDE, check_scaled_input
+
+    shape = tuple(args.input_shape)
+    if shape[1] != 3:
+        raise ConfigError(f"--input-shape: the channel count must be 3, got {shape[1]}")
+    if max(shape[2:]) > MAX_SIDE:
+        raise ConfigError(f"--input-shape {' '.join(map(str, shape))}: more than the {MAX_SIDE} px per side "
+                          "attnseg allows")  # fmt: skip
+    if args.scales is not None:
+        try:
+            check_scaled_input(shape[2], shape[3], tuple(args.scales), "--input-shape")
+        except ConfigError as error:
+            raise ConfigError(f"--scales: {error}") from None
+    check_output_file(args.out, "--out")
 
 
 def load_export_model(weights: str):
@@ -69,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
 
     model, sidecar, description = load_export_model(args.weights)
     shape = tuple(args.input_shape)
-    if shape[1] != 3:
-        raise ConfigError(f"--input-shape: the channel count must be 3, got {shape[1]}")
     options = dict(dynamic=args.dynamic, output=args.output, scales=args.scales, opset=args.opset, sidecar=sidecar,
                    verify=args.verify)  # fmt: skip
     start = time.perf_counter()

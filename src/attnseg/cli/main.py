@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from attnseg.cli.arguments import OneLineParser, UsageError, split_overrides
 from attnseg.errors import AttnsegError
 
 # Order is the order `attnseg --help` lists them in.
@@ -31,36 +32,74 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The `attnseg` parser with every sub-command of `COMMAND_MODULES`.
+
+    Raises:
+        ImportError: a sub-command module cannot be imported; that is a bug to see, not a command to hide.
+    """
+    parser = OneLineParser(
         prog="attnseg",
         description="Attention-based semantic segmentation of street scenes (HMSA / HRNet-OCR, PSANet).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"attnseg.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"attnseg.cli.{name}":
-                raise
-            continue  # not built yet in this checkout
-        module.register(subparsers)
+        importlib.import_module(f"attnseg.cli.{name}").register(subparsers)
     return parser
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `argv`; ``section.key=value`` overrides may stand anywhere after the sub-command's name.
+
+    Raises:
+        UsageError: argparse refused the line (the message is one line).
+    """
+    tokens = list(argv)
+    position = next((i for i, token in enumerate(tokens) if not token.startswith("-")), None)
+    overrides: list[str] = []
+    if position is not None:
+        command_parser = _subcommand_parsers(parser).get(tokens[position])
+        if command_parser is not None:
+            rest, overrides = split_overrides(command_parser, tokens[position + 1:])
+            tokens = [*tokens[:position + 1], *rest]
+    args = parser.parse_args(tokens)
+    if overrides:
+        args.overrides = [*overrides, *getattr(args, "overrides", [])]
+    return args
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `attnseg` sub-command; returns the exit status (2 for a user error, printed as one line)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        validate = getattr(args, "validate", None)
+        if validate is not None:
+            validate(args)
         result = args.func(args)
     except (AttnsegError, FileNotFoundError) as error:
         # Errors about the user's data or options carry their own explanation; a traceback would bury it.
-        print(f"attnseg {args.command}: error: {error}", file=sys.stderr)
+        print(f"attnseg {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attnseg {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

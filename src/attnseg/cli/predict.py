@@ -33,7 +33,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
     add_recipe_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse option combinations argparse cannot see, before any model is loaded or file written.
+
+    Raises:
+        ConfigError: hierarchical fusion (the default) with scales lacking 1.0, or --alpha outside [0, 1].
+    """
+    from attnseg.errors import ConfigError
+    from attnseg.inference.scales import check_hierarchical_scales, format_scales
+
+    if args.scales is not None and (args.multi_scale or "hierarchical") == "hierarchical":
+        try:
+            check_hierarchical_scales(tuple(args.scales))
+        except ConfigError as error:
+            raise ConfigError(f"--scales {format_scales(args.scales)}: {error}") from None
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha {args.alpha:g}: the overlay opacity must be in [0, 1]")
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from attnseg.cli.arguments import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -22,13 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pred", required=True, type=Path, help="folder of labelId prediction PNGs")
     parser.add_argument("--split", default="val", help="gtFine split to score against (default: val)")
     parser.add_argument("--json", type=Path, default=None, help="write the full result (official keys + ours) here")
-    parser.add_argument("--workers", type=int, default=None, help="file-decoding threads (default: min(8, CPUs))")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="file-decoding threads (default: min(8, CPUs))")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnseg.cli.arguments import check_output_file
+    from attnseg.fileio import atomic_write_text
     from attnseg.metrics.cityscapes import evaluate_folder, format_report
 
+    check_output_file(args.json, "--json")
     start = time.perf_counter()
     result = evaluate_folder(args.gt, args.pred, split=args.split, workers=args.workers)
     elapsed = time.perf_counter() - start
@@ -37,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         # NaN stays NaN, as in the official resultPixelLevelSemanticLabeling.json
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

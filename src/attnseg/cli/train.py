@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.cli.arguments import non_negative_int, train_device
 from attnseg.errors import AttnsegError, ConfigError
 
 
@@ -34,11 +35,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value (YAML values)")
     parser.add_argument("--out", help="run folder (default: train.out_dir of the config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    parser.add_argument("--save-interval", type=int, help="iterations between checkpoints (overrides the config)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--save-interval", type=non_negative_int,
+                        help="iterations between checkpoints, 0 = only at the end (overrides the config)")
+    parser.add_argument("--device", type=train_device, choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: one CUDA device per local rank when available, else CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines instead)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse a config that cannot train, before the run folder is made: the model's class count must be the
+    dataset's (a folder dataset's labels are the model's own class ids, so any count goes there).
+
+    Raises:
+        ConfigError: the config does not load (unknown key, value out of range) or the class counts differ.
+    """
+    from attnseg.cli.eval import dataset_class_count
+    from attnseg.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    expected = dataset_class_count(config.data)
+    if expected is not None and config.model.num_classes != expected:
+        raise ConfigError(f"model.num_classes={config.model.num_classes}, but data.dataset={config.data.dataset} "
+                          f"labels {expected} classes; set model.num_classes={expected} (a folder dataset "
+                          "takes any class count)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -114,7 +114,7 @@ def _raw_dataset(data_cfg: DataConfig, split: str) -> Dataset:
     if kind == "mapillary":
         from attnseg.data.mapillary import MapillaryDataset
 
-        return MapillaryDataset(data_cfg.root, split)
+        return MapillaryDataset(data_cfg.root, split, classes=data_cfg.mapillary_classes)
     if kind == "folder":
         return folder_dataset(data_cfg.root, split)
     raise ConfigError(f"data.dataset={kind!r} is not one of cityscapes, mapillary, folder")

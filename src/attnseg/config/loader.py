@@ -8,6 +8,7 @@ an error that names the key and lists the valid ones instead of a silently ignor
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,9 +16,13 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from attnseg.config.schema import FieldError
 from attnseg.errors import ConfigError
 
 T = TypeVar("T")
+
+# A number written with an exponent but no dot (``1e-3``) is a string to YAML 1.1; a float field accepts it.
+_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -144,6 +149,8 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
         return {_convert(key_type, k, f"{where}.{k}"): _convert(value_type, v, f"{where}.{k}")
                 for k, v in value.items()}
     if annotation is float:
+        if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -195,6 +202,8 @@ def _convert_dataclass(cls: type, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: required key {name!r} is missing")
     try:
         return cls(**kwargs)
+    except FieldError as error:
+        raise ConfigError(f"{where}.{error}") from None
     except (ValueError, TypeError) as error:
         # __post_init__ checks (e.g. ranges) explain themselves.
         raise ConfigError(f"{where}: {error}") from None

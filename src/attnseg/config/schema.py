@@ -7,11 +7,46 @@ these objects: the CLI and the builders in `attnseg.config.build` turn them into
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.errors import ConfigError
+from attnseg.inference.scales import MAX_SIDE, check_hierarchical_scales, check_scales
 
+
+class FieldError(ValueError):
+    """A field's value is out of its range; `field` is the key, so the loader can name ``section.key``."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        super().__init__(f"{field_name}={value!r}: {allowed}")
+        self.field, self.value, self.allowed = field_name, value, allowed
+
+
+def _check(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise FieldError(field_name, value, allowed)
+
+
+def _is_number_at_least(value: float, low: float) -> bool:
+    """True for a finite number >= low (NaN and infinities fail every range here)."""
+    return math.isfinite(value) and value >= low
+
+
+def _check_counts(config: Any, minimums: dict[str, int]) -> None:
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if value is not None:
+            _check(value >= low, name, value, f"must be an integer >= {low}")
+
+
+def _check_size(field_name: str, size: tuple[int, ...] | None) -> None:
+    if size is None:
+        return
+    _check(min(size) > 0, field_name, size, "sizes must be positive")
+    _check(max(size) <= MAX_SIDE, field_name, size,
+           f"more than the {MAX_SIDE} px per side attnseg allows for one input")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,6 +61,9 @@ class ModelConfig:
     pretrained: str | None = None
     pretrained_source: Literal["auto", "native", "nvidia", "paddle", "semseg"] = "auto"
 
+    def __post_init__(self) -> None:
+        _check(self.num_classes >= 1, "num_classes", self.num_classes, "must be at least 1 (19 for Cityscapes)")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -33,6 +71,8 @@ class DataConfig:
 
     dataset: Literal["cityscapes", "mapillary", "folder"] = "cityscapes"
     root: str = "data/cityscapes"
+    # Mapillary only: score the 19 Cityscapes trainIds (labels mapped) or Vistas' own 65 classes (NVIDIA's recipe).
+    mapillary_classes: Literal["cityscapes", "vistas"] = "cityscapes"
     train_split: str = "train"
     val_split: str = "val"
     # Extra coarse data mixed into training: none, Cityscapes gtCoarse, or the autolabelled refinement_final set.
@@ -86,8 +126,15 @@ class DataConfig:
             raise ValueError(f"class_uniform_fraction must be in [0, 1], got {self.class_uniform_fraction}")
         if self.scale_range[0] <= 0 or self.scale_range[0] > self.scale_range[1]:
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range}")
-        if min(self.crop_size) <= 0:
-            raise ValueError(f"crop_size must be positive (height, width), got {self.crop_size}")
+        _check(self.mapillary_classes == "cityscapes" or self.dataset == "mapillary", "mapillary_classes",
+               self.mapillary_classes, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
+        _check_size("crop_size", self.crop_size)
+        _check_counts(self, {"num_workers": 0, "pre_size": 0, "class_uniform_tile": 1})
+        _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,
+               "labels are 8-bit: must be in 0..255 (255 for Cityscapes)")  # fmt: skip
+        _check(_is_number_at_least(self.scale_step, 0.0), "scale_step", self.scale_step, "must be a number >= 0")
+        _check(_is_number_at_least(self.coarse_multiple, 0.0), "coarse_multiple", self.coarse_multiple,
+               "must be a number >= 0")  # fmt: skip
         if not 0.0 <= self.hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter is a fraction of the colour circle in [0, 0.5], got {self.hue_jitter}")
         uses_autolabel_options = (self.autolabel_min_confidence is not None or self.autolabel_gtcoarse_classes
@@ -147,10 +194,20 @@ class TrainConfig:
     out_dir: str = "runs/experiment"
 
     def __post_init__(self) -> None:
-        if self.iters <= 0 or self.batch_size <= 0:
-            raise ValueError("iters and batch_size must be positive")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        _check_counts(self, {"iters": 1, "batch_size": 1, "warmup_iters": 0, "eval_interval": 0,
+                             "save_interval": 0, "log_interval": 1})  # fmt: skip
+        _check(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a positive finite number")
+        for name in ("weight_decay", "end_lr", "poly_power", "momentum"):
+            _check(_is_number_at_least(getattr(self, name), 0.0), name, getattr(self, name),
+                   "must be a finite number >= 0")  # fmt: skip
+        _check(self.momentum < 1.0, "momentum", self.momentum, "must be below 1")
+        _check(0.0 <= self.warmup_start_factor <= 1.0, "warmup_start_factor", self.warmup_start_factor,
+               "must be in [0, 1]")  # fmt: skip
+        if self.grad_clip_norm is not None:
+            _check(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0, "grad_clip_norm",
+                   self.grad_clip_norm, "must be a positive finite number, or null for no clipping")  # fmt: skip
+        if self.ema_decay is not None:
+            _check(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1), or null for no EMA")
 
 
 @dataclass(frozen=True)
@@ -174,6 +231,20 @@ class EvalConfig:
     num_workers: int = 2
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    def __post_init__(self) -> None:
+        try:
+            check_scales(tuple(self.scales))
+            if self.multi_scale == "hierarchical":
+                check_hierarchical_scales(tuple(self.scales))
+        except ConfigError as error:
+            raise FieldError("scales", list(self.scales), str(error)) from None
+        _check_counts(self, {"batch_size": 1, "num_workers": 0})
+        _check_size("crop_size", self.crop_size)
+        _check_size("stride", self.stride)
+        if self.crop_size is not None and self.stride is not None:
+            _check(all(s <= c for s, c in zip(self.stride, self.crop_size)), "stride", self.stride,
+                   f"must not exceed crop_size {self.crop_size} (windows would leave pixels unpredicted)")
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -191,6 +262,15 @@ class ExportConfig:
     scales: tuple[float, ...] | None = None
     # OpenVINO inference precision hint recorded in the sidecar (OpenVINO picks bf16 on AMX CPUs unless told).
     precision: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_size("input_shape", self.input_shape)
+        _check(self.opset >= 7, "opset", self.opset, "ONNX opsets start at 7 (default 17)")
+        if self.scales is not None:
+            try:
+                check_scales(tuple(self.scales))
+            except ConfigError as error:
+                raise FieldError("scales", list(self.scales), str(error)) from None
 
 
 @dataclass(frozen=True)

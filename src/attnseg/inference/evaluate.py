@@ -71,6 +71,32 @@ class InferenceRecipe:
         return self.tta_scales == (1.0,) and not self.flip
 
 
+def check_class_count(
+    model_classes: int, dataset_classes: int | None, dataset: str, weights: str = "the model"
+) -> None:
+    """Refuse to score a model on a dataset that evaluates a different number of classes.
+
+    The confusion matrix has the model's K rows: with fewer classes than the dataset, ground-truth ids >= K would be
+    dropped as "ignore" and the rest scored against classes of another meaning, and an mIoU would still print.
+
+    Args:
+        model_classes: classes the model predicts (its checkpoint's class names, or ``model.num_classes``).
+        dataset_classes: classes the dataset's labels are mapped to; None when the dataset has no class table of
+            its own (a folder dataset holds the model's class ids), which is not checked.
+        dataset: how to name the dataset in the message, e.g. ``"cityscapes:val"``.
+        weights: how to name the model in the message.
+
+    Raises:
+        ConfigError: the counts differ.
+    """
+    if dataset_classes is not None and model_classes != dataset_classes:
+        raise ConfigError(
+            f"{weights} predicts {model_classes} classes but {dataset} evaluates {dataset_classes}: its class ids "
+            f"do not mean the dataset's classes, so an mIoU would be meaningless; evaluate a {dataset_classes}-class "
+            "model, or the model on a folder dataset (data.dataset=folder) whose labels hold its own class ids"
+        )
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers (where `eval_scales` lives)."""
     return getattr(model, "module", model)

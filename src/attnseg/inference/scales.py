@@ -19,6 +19,12 @@ Rounding = Literal["half_up", "half_even"]
 # (0.1 + 0.2 style noise would otherwise leak into file names and dict keys).
 _DECIMALS = 6
 
+# The largest image side attnseg feeds a network. A simple bound, not a memory estimate: 16384 px is 8x a
+# Cityscapes frame's width, and the logits of one 19-class 16384x32768 map alone are 40 GB of float32.
+MAX_SIDE = 16384
+# The largest test scale: even a 1024-px image becomes 16384 px at 16x (the references use at most 2.5).
+MAX_SCALE = 16.0
+
 
 def equal_ratio_scales(low: float, high: float, count: int) -> tuple[float, ...]:
     """`count` scales from `low` to `high` with a constant ratio between neighbours (a geometric series).
@@ -94,9 +100,60 @@ def parse_scales(text: str) -> tuple[float, ...]:
         raise ConfigError(f"scale series {text!r}: not a number ({error})") from None
     if not scales:
         raise ConfigError("scale series is empty")
-    if any(scale <= 0 for scale in scales):
-        raise ConfigError(f"scale series {text!r}: every scale must be positive")
+    check_scales(scales, text)
     return scales
+
+
+def check_scales(scales: tuple[float, ...], text: str | None = None) -> None:
+    """Refuse a series with a non-positive, non-finite, duplicated or larger than `MAX_SCALE` scale.
+
+    Args:
+        scales: the series.
+        text: how the user wrote it (for the message); default the numbers joined by commas.
+
+    Raises:
+        ConfigError: naming the series, the scale at fault and what is allowed.
+    """
+    shown = text if text is not None else format_scales(scales)
+    for scale in scales:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"scale series {shown!r}: every scale must be a positive number, got {scale:g}")
+        if scale > MAX_SCALE:
+            raise ConfigError(f"scale series {shown!r}: scale {scale:g} is more than the {MAX_SCALE:g} attnseg "
+                              f"allows (a scaled input may have at most {MAX_SIDE} px per side)")  # fmt: skip
+    duplicates = sorted({scale for scale in scales if scales.count(scale) > 1})
+    if duplicates:
+        raise ConfigError(f"scale series {shown!r}: scale {format_scales(tuple(duplicates))} appears more than "
+                          "once; give each scale once")  # fmt: skip
+
+
+def check_hierarchical_scales(scales: tuple[float, ...]) -> None:
+    """Refuse scales that MscaleOCR's hierarchical fusion cannot use: it fuses every scale into the 1.0 pass.
+
+    Raises:
+        ConfigError: 1.0 is not among `scales`.
+    """
+    if 1.0 not in scales:
+        raise ConfigError("hierarchical multi-scale fusion (MscaleOCR) needs 1.0 among the scales; add it, or "
+                          "average the scales with multi_scale 'average'")
+
+
+def check_scaled_input(height: int, width: int, scales: tuple[float, ...], what: str = "the images") -> None:
+    """Refuse a scale that makes a `height` x `width` input larger than `MAX_SIDE` px on a side.
+
+    Raises:
+        ConfigError: naming the scale, the size it makes and the limit.
+    """
+    for scale in scales:
+        new_height, new_width = scaled_size(height, width, scale)
+        if max(new_height, new_width) > MAX_SIDE:
+            raise ConfigError(f"scale {scale:g} makes a {new_height}x{new_width} input from {what} ({height}x{width}):"
+                              f" more than the {MAX_SIDE} px per side attnseg allows")  # fmt: skip
+
+
+def format_scales(scales: tuple[float, ...]) -> str:
+    """``0.5,1,2`` for (0.5, 1.0, 2.0): how the command line writes a series."""
+    return ",".join(f"{scale:g}" for scale in scales)
 
 
 def scaled_length(length: int, scale: float, rounding: Rounding = "half_up") -> int:
