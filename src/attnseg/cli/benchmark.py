@@ -105,5 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        from attnseg.fileio import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
     return 0 if all(r.error is None for r in report.results) else 1

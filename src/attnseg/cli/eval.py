@@ -232,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
         result["recipe"] = {"weights": description, "split": eval_cfg.split, **_recipe_dict(eval_cfg)}
         result["seconds"] = elapsed
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        from attnseg.fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         # NaN stays NaN, as in the official resultPixelLevelSemanticLabeling.json
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        from attnseg.fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
