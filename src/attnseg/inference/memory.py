@@ -185,12 +185,13 @@ class MemoryModel:
 
     def score_map_bytes(self, height: int, width: int, slide: bool = False) -> float:
         """Full-size tensors of a pass beside the network's own: the normalised input (3 floats per pixel); with
-        test-time passes, the resized copy (3 s^2), the logits brought back to the input size, their softmax and
-        the running total (3 K); with windows, the window sum and its average at the scaled size (2 K s^2)."""
+        test-time passes, the resized and the flipped copy (6 s^2), the previous pass's output (K s^2), its logits
+        brought back to the input size, their softmax and the running total (3 K); with windows, the window sum
+        and its average at the scaled size (2 K s^2)."""
         s2 = max(self.scales) ** 2
         floats = 3.0
         if self.test_time_passes:
-            floats += 3 * s2 + 3 * self.num_classes
+            floats += 6 * s2 + self.num_classes * (s2 + 3)
         if slide:
             floats += 2 * self.num_classes * s2
         return self.safety * 4.0 * height * width * floats
