@@ -42,7 +42,8 @@ def test_dumper_cleans_stale_temporaries_and_writes_complete_pngs(tmp_path, dead
     prediction = np.random.default_rng(0).integers(0, 19, (1, 12, 20), dtype=np.uint8)
     dumper(["a"], prediction, {"batch": {"image": torch.zeros(1, 3, 12, 20)}})
     assert not _temporaries(tmp_path / "dump")
-    assert np.array_equal(cv2.imread(str(tmp_path / "dump" / "trainIds" / "a.png"), cv2.IMREAD_UNCHANGED), prediction[0])
+    train_ids = cv2.imread(str(tmp_path / "dump" / "trainIds" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(train_ids, prediction[0])
     for kind in ("color", "labelIds", "overlay"):
         assert cv2.imread(str(tmp_path / "dump" / kind / "a.png")).shape[:2] == (12, 20)
 
