@@ -219,7 +219,11 @@ class Predictor:
         multi_scale: str = "hierarchical",
         flip: bool = False,
         fusion: str = "softmax",
-        **tiling: Any,
+        slide: bool = False,
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        max_memory_bytes: MemoryBudget = "auto",
+        log: Callable[[str], None] | None = None,
     ) -> Predictor:
         """Load a native checkpoint (``.safetensors`` + sidecar ``.json``) or a run directory's best checkpoint.
 
@@ -231,7 +235,8 @@ class Predictor:
             multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
             flip: add flipped passes.
             fusion: ``"softmax"`` or ``"logits"`` averaging of the passes.
-            **tiling: `slide`, `crop_size`, `stride`, `max_memory_bytes`, `log` (see the class).
+            slide, crop_size, stride, max_memory_bytes, log: sliding windows and the memory budget (see the
+                class).
         """
         from attnseg.weights import load_model
 
@@ -242,13 +247,14 @@ class Predictor:
         return cls(
             model, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
             device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, fusion=fusion,
-            model=model, **tiling,
+            model=model, slide=slide, crop_size=crop_size, stride=stride, max_memory_bytes=max_memory_bytes, log=log,
         )  # fmt: skip
 
     @classmethod
     def from_numpy_backend(
         cls, backend: NumpyBackend, sidecar: Any, *, scales: Sequence[float] = (1.0,), flip: bool = False,
-        **tiling: Any,
+        slide: bool = False, crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> Predictor:
         """A predictor over a non-torch runtime: `backend` maps a normalised NCHW float32 array to logits.
 
@@ -257,7 +263,8 @@ class Predictor:
             sidecar: the checkpoint's `attnseg.weights.CheckpointSidecar` (pre-processing, names, palette).
             scales: scales averaged outside the backend.
             flip: add flipped passes.
-            **tiling: `slide`, `crop_size`, `stride`, `log` (see the class; no memory estimate without a model).
+            slide, crop_size, stride, log: sliding windows (see the class; without a torch model there is no
+                memory estimate, so windows are used only when asked for).
         """
 
         def logits_fn(images: torch.Tensor) -> torch.Tensor:
@@ -265,7 +272,7 @@ class Predictor:
 
         return cls(
             logits_fn, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
-            scales=scales, multi_scale="average", flip=flip, **tiling,
+            scales=scales, multi_scale="average", flip=flip, slide=slide, crop_size=crop_size, stride=stride, log=log,
         )  # fmt: skip
 
     def preprocess(self, image: Any) -> torch.Tensor:
@@ -340,12 +347,14 @@ class Predictor:
             side = MAX_AUTO_CROP if memory is None else memory.fitting_crop(height, width, budget)
             if side is None:
                 raise ConfigError(
-                    f"a {width}x{height} image needs about {format_bytes(memory.score_map_bytes(height, width))} "
+                    f"a {width}x{height} image needs about {format_bytes(memory.score_map_bytes(height, width, True))} "
                     f"for its full-size score maps alone, more than the memory budget {format_bytes(budget)} "
                     "(--max-memory / max_memory_bytes)"
                 )
             crop = (min(side, MAX_AUTO_CROP), min(side, MAX_AUTO_CROP))
         stride = self.stride or default_stride(crop)
+        if self.crop_size is None:  # a window chosen here may be smaller than the stride the caller gave
+            stride = (min(stride[0], crop[0]), min(stride[1], crop[1]))
         return InferencePlan("slide", crop, stride, estimate, budget, automatic)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
