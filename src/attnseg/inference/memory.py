@@ -113,8 +113,17 @@ class PeakTensorMemory(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._live: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize] = []
         self.current = 0
         self.peak = 0
+
+    def __exit__(self, *exc_info):
+        # No callbacks may outlive the measurement: tensors a probe leaves behind (module caches) must not keep
+        # weak references into this object, nor call it when they are freed later.
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._finalizers.clear()
+        return super().__exit__(*exc_info)
 
     def _release(self, key: int) -> None:
         self.current -= self._live.pop(key, 0)
@@ -131,7 +140,7 @@ class PeakTensorMemory(TorchDispatchMode):
             self._live[key] = size
             self.current += size
             self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._release, key)
+            self._finalizers.append(weakref.finalize(storage, self._release, key))
         return result
 
 
