@@ -90,3 +90,15 @@ def test_resolve_weights_finds_run_folders(tmp_path):
     assert resolve_weights(tmp_path / "a") == tmp_path / "a" / "checkpoints" / "best"
     assert resolve_weights(tmp_path / "a" / "checkpoints") == tmp_path / "a" / "checkpoints" / "best"
     assert resolve_weights(tmp_path / "demo") == tmp_path / "demo" / "run" / "checkpoints" / "last"
+
+
+def test_from_weights_takes_window_settings(checkpoint):
+    run, _ = checkpoint
+    image = np.random.default_rng(2).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    whole = Predictor.from_weights(run, device="cpu", scales=(1.0,), max_memory_bytes=None)
+    windows = Predictor.from_weights(run, device="cpu", scales=(1.0,), slide=True, crop_size=(40, 48), stride=(32, 24))
+    labels = windows(image)
+    assert windows.last_plan.mode == "slide" and windows.last_plan.crop_size == (40, 48)
+    assert whole.plan(40, 72).mode == "whole" and (labels == whole(image)).mean() > 0.9
+    with pytest.raises(ValueError, match="crop_size"):
+        Predictor.from_weights(run, device="cpu", crop_size=(0, 8))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
+from attnseg.fileio import atomic_path, atomic_write_text
 from attnseg.models.outputs import SegmentationOutput
 from attnseg.weights import ModelDescription
 
@@ -129,7 +130,7 @@ def export_sidecar_path(model_path: str | os.PathLike) -> Path:
 def write_export_sidecar(model_path: str | os.PathLike, sidecar: ExportSidecar) -> Path:
     """Write `sidecar` next to `model_path`; returns the sidecar's path."""
     target = export_sidecar_path(model_path)
-    target.write_text(json.dumps(sidecar.to_json_dict(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(target, json.dumps(sidecar.to_json_dict(), indent=2) + "\n")
     return target
 
 
@@ -343,6 +344,9 @@ def export_onnx(
             export PSANet with a fixed input shape.
         tolerance: largest accepted `relative_error` of float outputs (see `verify_onnx`).
 
+    The graph is written, checked and verified under a temporary name beside `path` and renamed only then, so
+    `path` never holds a partial or failed export; the sidecar follows it.
+
     Returns:
         The written `ExportSidecar` (its ``extra`` has the measured parity when verified).
 
@@ -367,7 +371,7 @@ def export_onnx(
     output_name = OUTPUT_NAMES[output]
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    with inference_scales(model, scales) as used_scales:
+    with inference_scales(model, scales) as used_scales, atomic_path(path) as temp:
         wrapper = ExportWrapper(model, output).eval()
         images = example_input(trace_shape)
         num_classes = _declared_classes(sidecar) or _num_classes(wrapper, example_input((1, *trace_shape[1:])))
@@ -379,11 +383,11 @@ def export_onnx(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes, deprecation notices
             torch.onnx.export(
-                wrapper, (images,), str(path), input_names=[INPUT_NAME], output_names=[output_name],
+                wrapper, (images,), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
                 opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
             )  # fmt: skip
-        onnx.checker.check_model(str(path))
-        foreign = non_standard_ops(onnx.load(str(path), load_external_data=False))
+        onnx.checker.check_model(str(temp))
+        foreign = non_standard_ops(onnx.load(str(temp), load_external_data=False))
         if foreign:
             raise ExportError(f"{path}: the graph uses non-standard operators {foreign}")
 
@@ -406,7 +410,7 @@ def export_onnx(
             sizes = [trace_shape[2:]]
             if dynamic:
                 sizes.append((trace_shape[2] + 32, trace_shape[3] - 32 if trace_shape[3] > 64 else trace_shape[3] + 64))
-            parity = verify_onnx(wrapper, path, [(1, 3, h, w) for h, w in sizes], output=output, tolerance=tolerance)
+            parity = verify_onnx(wrapper, temp, [(1, 3, h, w) for h, w in sizes], output=output, tolerance=tolerance)
             result.extra["parity"] = parity
     write_export_sidecar(path, result)
     return result

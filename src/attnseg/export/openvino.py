@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from attnseg.errors import require_optional
+from attnseg.fileio import temporary_path_for
 from attnseg.export.onnx import ExportSidecar, OutputOp, export_onnx, read_export_sidecar, write_export_sidecar
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -74,10 +75,28 @@ def export_openvino(
             onnx_path = Path(source)
         onnx_sidecar = read_export_sidecar(onnx_path)
         converted = ov.convert_model(str(onnx_path))
-        ov.save_model(converted, str(path), compress_to_fp16=False)
+        _save_ir_atomically(ov, converted, path)
     result = dataclasses.replace(onnx_sidecar, model_format="openvino", precision=precision)
     write_export_sidecar(path, result)
     return result
+
+
+def _save_ir_atomically(ov: Any, model: Any, path: Path) -> None:
+    """Save IR under temporary names beside `path`, then rename the ``.bin`` and, last, the ``.xml`` (the file
+    readers open): a killed export never leaves a final-named ``.xml`` whose weights are missing or partial.
+
+    OpenVINO finds the weights as the ``.xml`` name with a ``.bin`` suffix and the IR does not record the file
+    name, so the pair can be renamed; the temporaries keep fileio's naming for `remove_stale_temporaries`.
+    """
+    temp_xml = temporary_path_for(path)
+    temp_bin = temp_xml.with_suffix(".bin")
+    try:
+        ov.save_model(model, str(temp_xml), compress_to_fp16=False)
+        os.replace(temp_bin, path.with_suffix(".bin"))
+        os.replace(temp_xml, path)
+    finally:
+        temp_xml.unlink(missing_ok=True)
+        temp_bin.unlink(missing_ok=True)
 
 
 def compile_openvino(path: str | os.PathLike, precision: str = "fp32", input_shape: Sequence[int] | None = None,

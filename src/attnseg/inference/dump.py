@@ -10,7 +10,9 @@ Layout under the output folder (one sub-folder per kind, so that e.g. ``labelIds
     compare/<name>.png      input | ground truth | prediction side by side (when ground truth exists)
     scales/<name>_attn_<s>x.png, scales/<name>_pred_<s>x.png   MscaleOCR per-scale attention / predictions
 
-PNGs are encoded with OpenCV (4x faster than PIL for overlays, PERF_NOTES).
+PNGs are encoded with OpenCV (4x faster than PIL for overlays, PERF_NOTES), to a temporary name beside the final
+one and renamed when complete (`attnseg.fileio`), so a killed run leaves no truncated PNG; the next dumper into the
+same folder removes the temporaries it left.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from attnseg.fileio import atomic_write_with, remove_stale_temporaries
 from attnseg.inference.preprocess import denormalize_image, to_rgb_uint8
 from attnseg.models.outputs import SegmentationOutput
 
@@ -45,11 +48,16 @@ def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.nda
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an (H, W) gray or (H, W, 3) RGB uint8 PNG with OpenCV (which wants BGR)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write an (H, W) gray or (H, W, 3) RGB uint8 image with OpenCV (which wants BGR), atomically.
+
+    The format follows `path`'s suffix (the temporary keeps it).
+    """
+    path = Path(path)
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"{path}: could not write image")
+    try:
+        atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), data))
+    except cv2.error as error:
+        raise OSError(f"{path}: could not write image ({error})") from None
 
 
 def safe_name(name: str) -> str:
@@ -89,6 +97,7 @@ class PredictionDumper:
         if "labelIds" in kinds and train_id_to_label_id is None:
             raise ValueError("labelIds dumps need the train_id_to_label_id table")
         self.out_dir = Path(out_dir)
+        remove_stale_temporaries(self.out_dir)
         self.palette = np.asarray(palette, dtype=np.uint8)
         self.mean, self.std = tuple(mean), tuple(std)
         self.kinds = tuple(kinds)

@@ -9,28 +9,84 @@ the caller, so a model is always fed the numbers it was trained with::
 
 The network sits behind a small seam, `logits_fn` (normalised NCHW float tensor -> logits), so a runtime other
 than eager PyTorch (ONNX Runtime, OpenVINO) can be plugged in with `Predictor.from_numpy_backend`.
+
+Large images: before each image the predictor estimates the peak memory of a whole-image pass
+(`attnseg.inference.memory.MemoryModel`, measured once per predictor by two small probe passes) and, when it
+exceeds `max_memory_bytes` (default: half the machine's available memory, 80 % of free CUDA memory), runs
+sliding windows instead (`attnseg.inference.sliding`), with the given `crop_size` / `stride` or a crop chosen to
+fit, and says so through `log`. ``slide=True`` always uses windows. `Predictor.plan` tells what a size would get.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from attnseg.errors import DatasetError, WeightsError
+from attnseg.errors import ConfigError, DatasetError, WeightsError
 from attnseg.inference.dump import colorize, overlay
-from attnseg.inference.evaluate import InferenceRecipe, inference_state, predict_scores, scores_to_labels
+from attnseg.inference.evaluate import (
+    InferenceRecipe,
+    _with_autocast,
+    inference_state,
+    predict_scores,
+    scores_to_labels,
+)
+from attnseg.inference.memory import MemoryModel, default_memory_budget, format_bytes, probe_memory_model
 from attnseg.inference.preprocess import normalize_image, to_rgb_uint8
 
 LogitsFn = Callable[[torch.Tensor], Any]
 # A runtime backend: (N, 3, H, W) float32 normalised array -> (N, K, H, W) logits array.
 NumpyBackend = Callable[[np.ndarray], np.ndarray]
+MemoryBudget = int | Literal["auto"] | None
+# A window side chosen to fit the budget is capped here: beyond it windows gain nothing but latency.
+MAX_AUTO_CROP = 1024
+# Far above what the networks here hold per input pixel (MscaleOCR W18-small, 2 scales: 525 bytes measured).
+UNPROBED_BYTES_PER_PIXEL = 64 * 2**10
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """How one image of a given size is run.
+
+    Attributes:
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size: window (height, width) when sliding.
+        stride: window stride (height, width) when sliding.
+        estimate_bytes: predicted peak of a whole-image pass (None: not estimated).
+        budget_bytes: the memory budget it was compared with (None: no budget).
+        automatic: sliding was chosen because the whole pass would not fit the budget.
+    """
+
+    mode: str
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    estimate_bytes: float | None = None
+    budget_bytes: int | None = None
+    automatic: bool = False
+
+    def describe(self) -> str:
+        """One line saying why windows are used (for `automatic` plans)."""
+        window = f"{self.crop_size[0]}x{self.crop_size[1]} windows, stride {self.stride[0]}x{self.stride[1]}"
+        if not self.automatic:
+            return f"sliding {window}"
+        return (f"a whole-image pass needs about {format_bytes(self.estimate_bytes)}, more than the "
+                f"{format_bytes(self.budget_bytes)} memory budget: sliding {window}")  # fmt: skip
+
+
+def default_stride(crop_size: tuple[int, int]) -> tuple[int, int]:
+    """Two thirds of the window (at least 1), the overlap of the references' Cityscapes recipes (512 of 769)."""
+    return max(1, crop_size[0] * 2 // 3), max(1, crop_size[1] * 2 // 3)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -93,6 +149,14 @@ class Predictor:
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         scales, multi_scale, flip, fusion: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
         model: the module behind `logits_fn` if any (its eval state and `eval_scales` are managed per call).
+        slide: always run sliding windows (`crop_size` default: the largest that fits the budget, at most
+            `MAX_AUTO_CROP`).
+        crop_size: window (height, width) for sliding, explicit or automatic.
+        stride: window stride (height, width); default two thirds of the window.
+        max_memory_bytes: budget of one pass; a larger whole-image estimate switches to windows. ``"auto"``:
+            `attnseg.inference.memory.default_memory_budget` at call time; None: never switch. Estimates need
+            `model` (eager PyTorch); runtime backends only slide when told to.
+        log: receives the line saying that windows were chosen; default: this module's logger (warning).
     """
 
     def __init__(
@@ -110,8 +174,22 @@ class Predictor:
         flip: bool = False,
         fusion: str = "softmax",
         model: nn.Module | None = None,
+        slide: bool = False,
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        max_memory_bytes: MemoryBudget = "auto",
+        log: Callable[[str], None] | None = None,
     ):
         self.logits_fn = logits_fn
+        self.slide = bool(slide)
+        self.crop_size = _pair_or_none(crop_size, "crop_size")
+        self.stride = _pair_or_none(stride, "stride")
+        if max_memory_bytes not in ("auto", None) and (not isinstance(max_memory_bytes, int) or max_memory_bytes < 1):
+            raise ConfigError(f"max_memory_bytes must be a positive int, 'auto' or None, got {max_memory_bytes!r}")
+        self.max_memory_bytes = max_memory_bytes
+        self.log = log if log is not None else _LOG.warning
+        self.last_plan: InferencePlan | None = None
+        self._memory_model: MemoryModel | None = None
         self.model = model
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.class_names = list(class_names)
@@ -141,6 +219,11 @@ class Predictor:
         multi_scale: str = "hierarchical",
         flip: bool = False,
         fusion: str = "softmax",
+        slide: bool = False,
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        max_memory_bytes: MemoryBudget = "auto",
+        log: Callable[[str], None] | None = None,
     ) -> Predictor:
         """Load a native checkpoint (``.safetensors`` + sidecar ``.json``) or a run directory's best checkpoint.
 
@@ -152,6 +235,8 @@ class Predictor:
             multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
             flip: add flipped passes.
             fusion: ``"softmax"`` or ``"logits"`` averaging of the passes.
+            slide, crop_size, stride, max_memory_bytes, log: sliding windows and the memory budget (see the
+                class).
         """
         from attnseg.weights import load_model
 
@@ -162,12 +247,14 @@ class Predictor:
         return cls(
             model, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
             device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, fusion=fusion,
-            model=model,
+            model=model, slide=slide, crop_size=crop_size, stride=stride, max_memory_bytes=max_memory_bytes, log=log,
         )  # fmt: skip
 
     @classmethod
     def from_numpy_backend(
-        cls, backend: NumpyBackend, sidecar: Any, *, scales: Sequence[float] = (1.0,), flip: bool = False
+        cls, backend: NumpyBackend, sidecar: Any, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+        slide: bool = False, crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> Predictor:
         """A predictor over a non-torch runtime: `backend` maps a normalised NCHW float32 array to logits.
 
@@ -176,6 +263,8 @@ class Predictor:
             sidecar: the checkpoint's `attnseg.weights.CheckpointSidecar` (pre-processing, names, palette).
             scales: scales averaged outside the backend.
             flip: add flipped passes.
+            slide, crop_size, stride, log: sliding windows (see the class; without a torch model there is no
+                memory estimate, so windows are used only when asked for).
         """
 
         def logits_fn(images: torch.Tensor) -> torch.Tensor:
@@ -183,7 +272,7 @@ class Predictor:
 
         return cls(
             logits_fn, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
-            scales=scales, multi_scale="average", flip=flip,
+            scales=scales, multi_scale="average", flip=flip, slide=slide, crop_size=crop_size, stride=stride, log=log,
         )  # fmt: skip
 
     def preprocess(self, image: Any) -> torch.Tensor:
@@ -201,17 +290,72 @@ class Predictor:
             (H, W) uint8 class ids, or ``(labels, probabilities)``.
         """
         tensor = self.preprocess(image)
+        plan = self.plan(tensor.shape[-2], tensor.shape[-1])
+        self.last_plan = plan
+        recipe = self.recipe
+        if plan.mode == "slide":
+            recipe = dataclasses.replace(recipe, mode="slide", crop_size=plan.crop_size, stride=plan.stride)
+            if plan.automatic:
+                self.log(plan.describe())
         if self.model is not None:
-            with inference_state(self.model, self.recipe), torch.inference_mode():
-                result = predict_scores(self.logits_fn, tensor, self.recipe, self.num_classes)
+            with inference_state(self.model, recipe), torch.inference_mode():
+                result = predict_scores(self.logits_fn, tensor, recipe, self.num_classes)
         else:
             with torch.inference_mode():
-                result = predict_scores(self.logits_fn, tensor, self.recipe, self.num_classes)
+                result = predict_scores(self.logits_fn, tensor, recipe, self.num_classes)
         labels = scores_to_labels(result.scores)[0].cpu().numpy()
         if not return_probabilities:
             return labels
         scores = result.scores if result.are_probabilities else torch.softmax(result.scores, dim=1)
         return labels, scores[0].float().cpu().numpy()
+
+    def budget_bytes(self) -> int | None:
+        """The memory budget now in force (``"auto"`` resolved against the current free memory)."""
+        if self.max_memory_bytes == "auto":
+            return default_memory_budget(self.device)
+        return self.max_memory_bytes
+
+    def memory_model(self) -> MemoryModel | None:
+        """The fitted `MemoryModel` of this predictor's network and recipe (probed on first use); None without a
+        torch model."""
+        if self.model is None:
+            return None
+        if self._memory_model is None:
+            window = _with_autocast(self.logits_fn, self.device, self.recipe.precision)
+            with inference_state(self.model, self.recipe):
+                self._memory_model = probe_memory_model(window, self.device, self.num_classes,
+                                                        self.recipe.tta_scales, not self.recipe.single_pass)
+        return self._memory_model
+
+    def plan(self, height: int, width: int) -> InferencePlan:
+        """Whole image or sliding windows for an image of `height` x `width` (see the module docstring).
+
+        Raises:
+            ConfigError: not even the smallest window fits the budget next to the full-size score maps.
+        """
+        budget = self.budget_bytes() if not (self.slide and self.crop_size) else None
+        # Images so small that even UNPROBED_BYTES_PER_PIXEL fits need no probe (it costs two forward passes).
+        pixels = height * width * max(self.recipe.tta_scales) ** 2
+        small = budget is not None and not self.slide and pixels * UNPROBED_BYTES_PER_PIXEL <= budget
+        memory = self.memory_model() if budget is not None and not small else None
+        estimate = memory.whole_bytes(height, width) if memory is not None else None
+        automatic = not self.slide and estimate is not None and estimate > budget
+        if not (self.slide or automatic):
+            return InferencePlan("whole", estimate_bytes=estimate, budget_bytes=budget)
+        crop = self.crop_size
+        if crop is None:
+            side = MAX_AUTO_CROP if memory is None else memory.fitting_crop(height, width, budget)
+            if side is None:
+                raise ConfigError(
+                    f"a {width}x{height} image needs about {format_bytes(memory.score_map_bytes(height, width, True))} "
+                    f"for its full-size score maps alone, more than the memory budget {format_bytes(budget)} "
+                    "(--max-memory / max_memory_bytes)"
+                )
+            crop = (min(side, MAX_AUTO_CROP), min(side, MAX_AUTO_CROP))
+        stride = self.stride or default_stride(crop)
+        if self.crop_size is None:  # a window chosen here may be smaller than the stride the caller gave
+            stride = (min(stride[0], crop[0]), min(stride[1], crop[1]))
+        return InferencePlan("slide", crop, stride, estimate, budget, automatic)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB of a label map in the checkpoint's palette."""
@@ -220,6 +364,15 @@ class Predictor:
     def overlay(self, image: Any, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """(H, W, 3) uint8 RGB: `image` blended with the colours of `labels` (opacity `alpha`)."""
         return overlay(as_rgb_array(image), self.colorize(labels), alpha)
+
+
+def _pair_or_none(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ConfigError(f"{name} must be two positive integers (height, width), got {value!r}")
+    return pair
 
 
 def _default_device() -> torch.device:

@@ -15,6 +15,7 @@ import numpy as np
 
 from attnseg.data.labels import VALID_LABEL_IDS, train_id_to_id
 from attnseg.errors import DatasetError
+from attnseg.fileio import atomic_write_with, remove_stale_temporaries
 from attnseg.inference.dump import safe_name
 
 CITYSCAPES_SIZE = (1024, 2048)  # (height, width)
@@ -43,6 +44,9 @@ def submission_file_name(name: str) -> str:
 class SubmissionWriter:
     """An ``on_prediction`` callback writing one labelId PNG per image (`submission_file_name`) into `out_dir`.
 
+    Each PNG is written to a temporary name and renamed when complete; temporaries of a killed run are removed
+    when the next writer starts.
+
     Args:
         out_dir: output folder (flat).
         train_id_to_label_id: (256,) uint8 table; Cityscapes' by default.
@@ -51,14 +55,15 @@ class SubmissionWriter:
     def __init__(self, out_dir: str | Path, train_id_to_label_id: np.ndarray = train_id_to_id):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
         self.table = np.asarray(train_id_to_label_id, dtype=np.uint8)
         self.written: list[Path] = []
 
     def __call__(self, names: Sequence[str], predictions: np.ndarray, extras: dict | None = None) -> None:
         for name, prediction in zip(names, predictions):
             path = self.out_dir / submission_file_name(name)
-            if not cv2.imwrite(str(path), self.table[np.asarray(prediction, dtype=np.uint8)]):
-                raise OSError(f"{path}: could not write submission image")
+            ids = self.table[np.asarray(prediction, dtype=np.uint8)]
+            atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), ids))
             self.written.append(path)
 
 
