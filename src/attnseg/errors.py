@@ -40,6 +40,13 @@ class DatasetError(AttnsegError):
     """A dataset folder is laid out wrongly or holds a bad file; the message names the file."""
 
 
+class BadFilesError(DatasetError):
+    """Several files of a dataset are bad: a one-line summary, then one indented line per problem.
+
+    The one error whose message is meant to span lines: the CLI prints it as it is rather than folding it.
+    """
+
+
 class WeightsError(AttnsegError):
     """A weights file cannot be read, is unsafe to unpickle, or does not fit the model."""
 

@@ -107,6 +107,8 @@ CASES = [
     (PREDICT + ["--scales", "0.5,2.0"], ["--scales", "0.5,2", "needs 1.0"]),
     (PREDICT + ["--scales", "1.0,1.0"], ["--scales", "1.0,1.0", "more than once"]),
     (PREDICT + ["--scales", "1000"], ["--scales", "1000", "16384 px per side"]),
+    (PREDICT + ["--slide", "--crop", "32,64", "--stride", "40,64"], ["--stride", "40,64", "larger than --crop"]),
+    (PREDICT + ["--max-memory", "lots"], ["--max-memory", "'lots'", "K, M, G or T"]),
     (EXPORT + ["--scales", "1000"], ["--scales", "1000", "16384 px per side"]),
     (EXPORT + ["--input-shape", "1", "3", "100000", "100000"], ["--input-shape", "100000", "16384 px per side"]),
     (EXPORT + ["--input-shape", "1", "3", "1024", "2048", "--scales", "1,16"],

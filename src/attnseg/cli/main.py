@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from attnseg.cli.arguments import OneLineParser, UsageError, split_overrides
-from attnseg.errors import AttnsegError
+from attnseg.errors import AttnsegError, BadFilesError
 
 # Order is the order `attnseg --help` lists them in.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, BadFilesError):  # a summary line and the list of files, by design
+        return str(error)
     return " ".join(str(error).split())
 
 

@@ -30,7 +30,7 @@ from attnseg.data.cityscapes import (
 )
 from attnseg.data.labels import LABELS_BY_NAME, VALID_LABEL_IDS
 from attnseg.data.mapillary import VISTAS_VALUE_DESCRIPTION, VISTAS_VALUES
-from attnseg.errors import DatasetError
+from attnseg.errors import BadFilesError, DatasetError
 from attnseg.fileio import atomic_write_text
 
 #: encoding -> (values a label file of that encoding may hold, the same in words).
@@ -246,5 +246,5 @@ def raise_for_problems(problems: Sequence[Problem], root: Path, what: str = "con
     count = len({path for path, _ in ordered})
     shown = "".join(f"\n  {line}" for line in lines[:MAX_LISTED_PROBLEMS])
     more = f"\n  ... and {len(lines) - MAX_LISTED_PROBLEMS} more" if len(lines) > MAX_LISTED_PROBLEMS else ""
-    raise DatasetError(f"{count} bad file{'' if count == 1 else 's'} under {root}, nothing was {what}; fix or remove "
+    raise BadFilesError(f"{count} bad file{'' if count == 1 else 's'} under {root}, nothing was {what}; fix or remove "
                        f"them and re-run ({len(lines)} problems, all listed in {report}):{shown}{more}")  # fmt: skip
