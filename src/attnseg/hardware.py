@@ -297,6 +297,34 @@ def choose_precision(requested: str, device: str = "cpu", *, what: str = "precis
     return choice.precision
 
 
+def resolve_experiment_precision(config, device: str = "cpu", log: Callable[[str], None] | None = None):
+    """`config` (an `ExperimentConfig`) with ``train.precision`` and ``eval.precision`` resolved for `device` and
+    announced; explicit values stay as they are (emulated ones warn)."""
+    import dataclasses
+
+    train = choose_precision(config.train.precision, device, what="train.precision", log=log)
+    evaluation = choose_precision(config.eval.precision, device, what="eval.precision", allow_fp16=False, log=log)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, precision=train),
+                               eval=dataclasses.replace(config.eval, precision=evaluation))  # fmt: skip
+
+
+def resolve_backend_precision(backend: str, requested: str | None, device: str = "cpu", *,
+                              what: str = "--precision", log: Callable[[str], None] | None = None) -> str | None:  # fmt: skip
+    """A ``--precision`` flag of eval / predict / benchmark for `backend` ("torch", "onnxruntime", "openvino"),
+    resolved and announced; None (not given) stays None."""
+    if requested is None:
+        return None
+    if backend == "openvino":
+        choice = resolve_openvino_precision(requested, what=what)
+    elif backend == "onnxruntime":
+        chosen = "fp32" if requested == "auto" else requested
+        choice = PrecisionChoice(chosen, f"{what} {requested}: ONNX Runtime runs fp32")
+    else:
+        choice = resolve_precision(requested, device, what=what, allow_fp16=False)
+    announce(choice, log)
+    return choice.precision
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Threads under contention
 # --------------------------------------------------------------------------------------------------------------------
@@ -422,6 +450,8 @@ __all__ = [
     "parse_cpuinfo",
     "parse_proc_stat",
     "plan_threads",
+    "resolve_backend_precision",
+    "resolve_experiment_precision",
     "resolve_openvino_precision",
     "resolve_precision",
 ]

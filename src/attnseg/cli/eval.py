@@ -55,7 +55,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion", choices=("softmax", "logits"), default=None,
         help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or logits (NVIDIA, PaddleSeg 2.8)",
     )  # fmt: skip
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model precision (bf16 autocast)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                        help="model precision: bf16 autocast, or auto (bf16 where the CPU runs it natively)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
@@ -159,12 +160,18 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"eval options: {error}") from None
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from attnseg.hardware import choose_precision, resolve_backend_precision
+
     if getattr(args, "backend", "torch") != "torch":
         from attnseg.export.runtime import eval_backend_model
+
+        args.precision = resolve_backend_precision(args.backend, args.precision)
 
         model, mean, std, class_names, palette, description, eval_cfg = eval_backend_model(args, eval_cfg)
         device = torch.device("cpu")
     else:
+        precision = choose_precision(eval_cfg.precision, device.type, what="eval.precision", allow_fp16=False)
+        eval_cfg = dataclasses.replace(eval_cfg, precision=precision)
         model, mean, std, class_names, palette, description = load_eval_model(args.weights, config.model, device)
         if getattr(args, "compile", False) or (eval_cfg.precision == "bf16" and device.type == "cpu"):
             from attnseg.export.runtime import prepare_fast_model

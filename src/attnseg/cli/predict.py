@@ -139,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.inference.predictor import Predictor
 
     items, problems = collect_inputs(args.inputs)
+    import torch
+
+    from attnseg.hardware import resolve_backend_precision
+
+    device_type = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+    args.precision = resolve_backend_precision(getattr(args, "backend", "torch"), args.precision, device_type)
     if getattr(args, "backend", "torch") != "torch":
         from attnseg.export.runtime import predictor_from_export
 
