@@ -302,14 +302,17 @@ def resolve_experiment_precision(config, device: str = "cpu", log: Callable[[str
     announced; explicit values stay as they are (emulated ones warn)."""
     import dataclasses
 
-    train = choose_precision(config.train.precision, device, what="train.precision", log=log)
-    evaluation = choose_precision(config.eval.precision, device, what="eval.precision", allow_fp16=False, log=log)
+    if device != "cuda" and config.train.precision == config.eval.precision:  # one line for both
+        train = evaluation = choose_precision(config.train.precision, device, what="precision", log=log)
+    else:
+        train = choose_precision(config.train.precision, device, what="train.precision", log=log)
+        evaluation = choose_precision(config.eval.precision, device, what="eval.precision", allow_fp16=False, log=log)
     return dataclasses.replace(config, train=dataclasses.replace(config.train, precision=train),
                                eval=dataclasses.replace(config.eval, precision=evaluation))  # fmt: skip
 
 
-def resolve_backend_precision(backend: str, requested: str | None, device: str = "cpu", *,
-                              what: str = "--precision", log: Callable[[str], None] | None = None) -> str | None:  # fmt: skip
+def resolve_backend_precision(backend: str, requested: str | None, device: str = "cpu", *, what: str = "--precision",
+                              log: Callable[[str], None] | None = None) -> str | None:  # fmt: skip
     """A ``--precision`` flag of eval / predict / benchmark for `backend` ("torch", "onnxruntime", "openvino"),
     resolved and announced; None (not given) stays None."""
     if requested is None:
