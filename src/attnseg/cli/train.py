@@ -86,6 +86,13 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
     from attnseg.hardware import resolve_experiment_precision
 
     config = resolve_experiment_precision(config, context.device.type, log=None if context.is_main else _quiet)
+    if context.is_distributed:  # a timing check can differ between processes: all follow the main one
+        import torch.distributed as dist
+
+        chosen = [config.train.precision, config.eval.precision]
+        dist.broadcast_object_list(chosen, src=0)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=chosen[0]),
+                                     eval=dataclasses.replace(config.eval, precision=chosen[1]))  # fmt: skip
     train_cfg = config.train
     seed_everything(train_cfg.seed, context.rank, train_cfg.deterministic)
 
