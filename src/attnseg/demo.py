@@ -542,13 +542,7 @@ def run_demo(
         "stopped_by_deadline": summary["stopped_by_deadline"],
         "minutes_budget": minutes,
         "seconds": {key: round(value, 2) for key, value in timings.items()},
-        "threads": torch.get_num_threads(),
-        "threads_plan": thread_plan.reason,
-        "load_average": _load_average(),
-        "cpu": _cpu_description(),
-        "precision": experiment.train.precision,
-        "recipe": {"key": trial.recipe.key, "title": trial.recipe.title, "overrides": list(trial.recipe.overrides),
-                   "step_seconds": round(trial.step_seconds, 3)},
+        **_machine_record(thread_plan.reason, experiment.train.precision, trial),
         "run_dir": str(run_dir),
         "data_root": str(data_root),
         "results": results,
@@ -571,6 +565,14 @@ def _class_table(num_classes: int) -> tuple[list[str], np.ndarray]:
         return list(CITYSCAPES_CLASSES), np.asarray(CITYSCAPES_PALETTE, dtype=np.uint8)
     values = np.linspace(0, 255, max(num_classes, 2)).astype(np.uint8)[:num_classes]
     return [f"class_{i}" for i in range(num_classes)], np.stack([values] * 3, axis=1)
+
+
+def _machine_record(threads_plan: str, precision: str, trial: RecipeTrial) -> dict[str, Any]:
+    """What `demo_metrics.json` says about the machine and the choices made for it."""
+    return {"threads": torch.get_num_threads(), "threads_plan": threads_plan, "load_average": _load_average(),
+            "cpu": _cpu_description(), "precision": precision,
+            "recipe": {"key": trial.recipe.key, "title": trial.recipe.title, "overrides": list(trial.recipe.overrides),
+                       "step_seconds": round(trial.step_seconds, 3)}}  # fmt: skip
 
 
 def _cpu_description() -> str:
