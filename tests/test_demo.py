@@ -14,13 +14,16 @@ import torch
 from torch import nn
 
 from attnseg.demo import (
+    FALLBACK_RECIPES,
     DeadlineTrainer,
     affordable_iters,
+    choose_recipe,
     comparison_table,
     demo_recipes,
     effective_scale_weights,
     ensure_dataset,
     evaluation_reserve,
+    recipe_choice_line,
     write_index_html,
 )
 from attnseg.errors import ConfigError
@@ -32,6 +35,52 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure arithmetic
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _choose(steps: dict[str, float], seconds: float = 480.0, reserve: float = 40.0, iters: int = 1250):
+    measured: list[str] = []
+
+    def measure(recipe):
+        measured.append(recipe.key)
+        return steps[recipe.key], reserve, iters
+
+    chosen, trials = choose_recipe(FALLBACK_RECIPES["mscale"], measure, lambda: seconds)
+    return chosen, trials, measured
+
+
+def test_bf16_cpu_keeps_the_default_recipe_and_measures_nothing_else():
+    # 0.38 s per step (AVX-512 bf16 / AMX): 440 s buy 1157 of 1250 iterations.
+    chosen, trials, measured = _choose({"default": 0.38, "crops96": 0.22, "crops64_narrow": 0.1})
+    assert chosen.recipe.key == "default" and chosen.fits and measured == ["default"]
+    line = recipe_choice_line(chosen, trials, "bf16", 2, "AMD EPYC 9B14 (AVX-512 bf16, no AMX)")
+    assert "0.38 s" in line and "AVX-512 bf16" in line and "1157 of 1250" in line and "instead" not in line
+
+
+def test_slow_fp32_cpu_falls_back_to_the_first_recipe_that_fits():
+    # Emulated AVX2 on a Sapphire Rapids: fp32 twice the bf16 step; 96x192 crops fit.
+    chosen, trials, measured = _choose({"default": 0.8, "crops96": 0.45, "crops64_narrow": 0.25})
+    assert chosen.recipe.key == "crops96" and measured == ["default", "crops96"]
+    assert [t.affordable for t in trials] == [550, 977]
+    line = recipe_choice_line(chosen, trials, "fp32", 2, "AMD EPYC 7B13 (AVX2 only (no AVX-512, no bf16))")
+    assert "0.80 s" in line and "550 of 1250" in line and "96x192 crops" in line and "fits" in line
+
+
+def test_when_nothing_fits_the_cheapest_share_wins():
+    # AMD EPYC Zen 3, fp32 ~3 s per step: nothing reaches 70% of its iterations.
+    chosen, trials, measured = _choose({"default": 3.0, "crops96": 1.7, "crops64_narrow": 0.8})
+    assert chosen.recipe.key == "crops64_narrow" and not chosen.fits and len(measured) == 3
+    assert chosen.affordable == 550
+    assert "none fits" in recipe_choice_line(chosen, trials, "fp32", 2, "cpu")
+
+
+def test_fallback_recipes_are_valid_overrides_of_the_demo_configs():
+    from attnseg.config import load_config
+
+    for family, recipes in FALLBACK_RECIPES.items():
+        assert recipes[0].key == "default" and not recipes[0].overrides
+        for recipe in recipes[1:]:
+            config = load_config(REPO / "configs" / f"demo_{family}.yaml", list(recipe.overrides))
+            assert tuple(config.data.crop_size) < (128, 256)
 
 
 def test_affordable_iters_limits():

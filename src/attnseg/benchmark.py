@@ -143,6 +143,7 @@ class BenchmarkReport:
     load_average: tuple[float, float] = (float("nan"), float("nan"))
     matmul_engines: tuple[str, str] = ("torch.mm", "torch.mm")  # which engine reached the fp32 / bf16 rate
     cpu: str = field(default_factory=lambda: cpu_description())
+    emulated: dict[str, str] = field(default_factory=dict)  # route -> why its precision is emulated on this CPU
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,25 +259,27 @@ def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
 
 
 def cpu_description() -> str:
-    """CPU model name and its matrix ISA (AMX / AVX-512 bf16), from /proc/cpuinfo where available."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in text.splitlines():  # the first processor's entries are enough
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    model, flags = fields.get("model name", ""), set(fields.get("flags", "").split())
-    if "amx_bf16" in flags:
-        isa = "AMX bf16"
-    elif "avx512_bf16" in flags:
-        isa = "AVX-512 bf16, no AMX"
-    elif "avx512f" in flags:
-        isa = "AVX-512, no bf16"
-    else:
-        isa = "no AVX-512"
-    return f"{model or platform.machine()} ({isa})"
+    """CPU model name and its class (AMX / AVX-512 bf16 / AVX-512 / AVX2 only), from /proc/cpuinfo where available:
+    the README's speed tables say which class each row was measured on."""
+    from attnseg.hardware import cpu_facts
+
+    return cpu_facts().describe() or platform.processor() or platform.machine()
+
+
+def emulated_routes(routes: Sequence[str]) -> dict[str, str]:
+    """Routes whose precision this CPU does not run natively, with the reason (`attnseg.hardware`'s decision):
+    torch's bf16 autocast is emulated at several times the fp32 cost, OpenVINO's bf16 hint compiles to fp32."""
+    bf16_routes = [route for route in routes if ROUTES[route]["precision"] == "bf16"]
+    if not bf16_routes:
+        return {}
+    from attnseg.hardware import native_bf16_here
+
+    native, seen = native_bf16_here()
+    if native:
+        return {}
+    return {route: (f"OpenVINO's bf16 hint compiles to fp32 on this CPU ({seen}): it would time openvino-fp32 again"
+                    if ROUTES[route]["backend"] == "openvino" else f"bf16 autocast is emulated on this CPU ({seen})")
+            for route in bf16_routes}  # fmt: skip
 
 
 def count_flops(model_name: str, model_kwargs: dict[str, Any], num_classes: int, shape: Sequence[int],
@@ -650,13 +653,16 @@ def format_report(report: BenchmarkReport) -> str:
         rate = achieved_rate(report.flops, r.median)
         gain = speedup(reference.median, r.median) if reference else None
         agreement = None if r.agreement is None else 100 * r.agreement
+        name = f"{r.route}*" if r.route in report.emulated else r.route
         lines.append(
-            f"{r.route:<15}{r.median:>10.3f}{min(r.times):>9.3f}{max(r.times):>9.3f}"
+            f"{name:<15}{r.median:>10.3f}{min(r.times):>9.3f}{max(r.times):>9.3f}"
             f"{spec.batch / r.median:>8.2f}{_fmt(gain, '.2f'):>9}x"
             f"{rate / 1e12:>7.2f}{100 * rate / report.bf16_rate:>6.0f}%"
             f"{r.peak_bytes / GB:>9.2f}{r.added_bytes / GB:>9.2f}{_fmt(agreement, '.2f'):>9}"
             f"{r.first_call:>9.1f}{_fmt(r.cpu_median, '.3f'):>9}"
         )  # fmt: skip
+    routes_run = {r.route for r in report.results}
+    lines += [f"* {reason}" for route, reason in report.emulated.items() if route in routes_run]
     lines.append("")
     lines += target_lines(report)
     return "\n".join(lines)

@@ -158,6 +158,131 @@ def effective_scale_weights(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The recipe that fits this CPU
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """One training recipe of the demo: config overrides applied on top of the demo config (before the user's)."""
+
+    key: str
+    title: str
+    overrides: tuple[str, ...] = ()
+
+
+# Cheaper recipes for CPUs whose float rate is far below the bf16 rate the default recipe was sized on (AVX2-only
+# CPUs run fp32: the step costs 2x (emulated AVX2 on a Sapphire Rapids) to ~8x (AMD EPYC Zen 3) the bf16 step).
+# Ordered from the default down; the first whose measured step lets it train most of its iterations is used.
+# Smaller crops keep the batch (8 images: BatchNorm statistics) and the two-scale training the attention needs.
+FALLBACK_RECIPES: dict[str, tuple[DemoRecipe, ...]] = {
+    "mscale": (
+        DemoRecipe("default", "the config's recipe"),
+        DemoRecipe("crops96", "96x192 crops (0.56x the pixels per step)",
+                   ("data.crop_size=[96,192]", "data.class_uniform_tile=96")),
+        DemoRecipe("crops64_narrow", "64x128 crops and half-width OCR/attention heads (0.25x the pixels per step)",
+                   ("data.crop_size=[64,128]", "data.class_uniform_tile=64", "model.kwargs.ocr_mid_channels=64",
+                    "model.kwargs.ocr_key_channels=32", "model.kwargs.attention_channels=32")),
+    ),  # fmt: skip
+    "psanet": (
+        DemoRecipe("default", "the config's recipe"),
+        # The 31x31 attention mask still covers a whole 96-pixel-high crop (12 rows at stride 8).
+        DemoRecipe("crops96", "96x192 crops (0.56x the pixels per step)",
+                   ("data.crop_size=[96,192]", "data.class_uniform_tile=96")),
+    ),  # fmt: skip
+}
+# A recipe fits when its measured step lets it train at least this share of its iterations (the rest of the budget
+# arithmetic, evaluation included, is the deadline trainer's).
+FIT_SHARE = 0.7
+# Crops made in the training process (num_workers 0), per image: what the bare-model measurement leaves out.
+DATA_SECONDS_PER_IMAGE = 0.007
+
+
+@dataclass(frozen=True)
+class RecipeTrial:
+    """A recipe's measurement: seconds per training step, seconds kept for evaluation, affordable iterations."""
+
+    recipe: DemoRecipe
+    step_seconds: float
+    reserve_seconds: float
+    iters: int
+    affordable: int
+
+    @property
+    def fits(self) -> bool:
+        return self.affordable >= FIT_SHARE * self.iters
+
+
+def choose_recipe(
+    candidates: Sequence[DemoRecipe],
+    measure: Callable[[DemoRecipe], tuple[float, float, int]],
+    seconds_left: Callable[[], float],
+) -> tuple[RecipeTrial, list[RecipeTrial]]:
+    """The first of `candidates` that fits the time left, else the one that trains the largest share of its
+    iterations (the fastest step among equals); with every trial made (candidates after the chosen one are not measured).
+
+    Args:
+        candidates: recipes, the default first.
+        measure: recipe -> (seconds per step, seconds to keep for evaluation, planned iterations).
+        seconds_left: seconds until the deadline, asked after each measurement (measuring costs time too).
+    """
+    trials = []
+    for recipe in candidates:
+        step, reserve, iters = measure(recipe)
+        affordable = max(0, math.floor(max(seconds_left() - reserve, 0.0) / max(step, 1e-9)))
+        trials.append(RecipeTrial(recipe, step, reserve, iters, affordable))
+        if trials[-1].fits:
+            return trials[-1], trials
+    return max(trials, key=lambda trial: (trial.affordable / max(trial.iters, 1), -trial.step_seconds)), trials
+
+
+def measure_train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
+                       crop: Sequence[int], num_classes: int, precision: str, channels_last: bool,
+                       steps: int = 2) -> float:  # fmt: skip
+    """Median seconds of `steps` training steps on a random batch (after one untimed step): forward, loss,
+    backward and optimizer step, without the data pipeline."""
+    from attnseg.engine.trainer import autocast_context
+
+    images = torch.randn(batch_size, 3, *crop)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch_size, *crop))
+    model.train()
+    times = []
+    for _ in range(1 + max(1, steps)):
+        start = time.perf_counter()
+        with autocast_context(torch.device("cpu"), precision):
+            loss = criterion(model(images), labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def _recipe_measurer(image_size: tuple[int, int], num_val: int, channels_last: bool):
+    """`choose_recipe`'s measure function for loaded experiments: a fresh model of the recipe, one inference pass
+    (the evaluation reserve) and the median of two training steps."""
+    from attnseg.config.build import build_model
+    from attnseg.engine.build import build_criterion_from_config, build_optimizer
+
+    def measure(experiment) -> tuple[float, float, int]:
+        train_cfg, model_cfg = experiment.train, experiment.model
+        model = build_model(model_cfg)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        recipes = demo_recipes(hasattr(model, "eval_scales"), experiment.eval.scales, experiment.eval.flip)
+        reserve = evaluation_reserve(measure_inference_pass(model, *image_size, experiment.eval.precision), num_val,
+                                     recipes)  # fmt: skip
+        criterion = build_criterion_from_config(train_cfg, model_cfg.num_classes, experiment.data.ignore_index)
+        step = measure_train_step(model, criterion, build_optimizer(model, train_cfg), train_cfg.batch_size,
+                                  experiment.data.crop_size, model_cfg.num_classes, train_cfg.precision, channels_last)
+        return step + DATA_SECONDS_PER_IMAGE * train_cfg.batch_size, reserve, train_cfg.iters
+
+    return measure
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Training with a deadline
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -347,7 +472,8 @@ def run_demo(
         num_train, num_val: synthetic scenes per split.
         image_size: (height, width) of the scenes.
         data_seed: seed of the scenes.
-        threads: torch intra-op threads (None keeps torch's choice).
+        threads: torch intra-op threads (None: torch's choice), lowered to the cores other processes leave free
+            (`attnseg.hardware.plan_threads`).
         channels_last: train and evaluate in channels-last memory format (oneDNN's fast kernels without layout
             reorders; checkpoints are saved contiguous either way). Training also follows ``train.channels_last``.
         num_pictures: validation images that get pictures.
@@ -356,10 +482,11 @@ def run_demo(
     """
     from attnseg.config import load_config, save_config
 
+    from attnseg.hardware import apply_thread_plan
+
     start = time.perf_counter()
     deadline = start + max(minutes, 0.0) * 60.0
-    if threads:
-        torch.set_num_threads(threads)
+    thread_plan = apply_thread_plan(threads or torch.get_num_threads(), log=lambda line: log(f"[demo] {line}"))
     out_dir = Path(out_dir)
     model_name = model_name or None
     config_path = find_demo_config(model_name or DEFAULT_MODEL, config)
@@ -376,7 +503,7 @@ def run_demo(
     timings: dict[str, float] = {}
 
     log(f"[demo] {experiment.model.name} on synthetic street scenes, budget {minutes:g} min, "
-        f"{torch.get_num_threads()} threads, output {out_dir}")  # fmt: skip
+        f"threads {torch.get_num_threads()}, output {out_dir}")  # fmt: skip
     t0 = time.perf_counter()
     height, width = image_size
     generated = ensure_dataset(data_root, num_train, num_val, height, width, data_seed,
@@ -386,9 +513,15 @@ def run_demo(
         f"{'written' if generated else 'reused'} in {timings['data']:.1f} s ({data_root})")  # fmt: skip
 
     t0 = time.perf_counter()
+    family = "psanet" if experiment.model.name.startswith("psanet") else "mscale"
+    saved, experiment, trial = _pick_recipe(config_path, overrides, family, config is None, deadline, image_size,
+                                            num_val, channels_last, log)  # fmt: skip
+    timings["plan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     train_channels_last = channels_last and experiment.train.channels_last
     trained = _train(experiment, run_dir, deadline, num_val, image_size, train_channels_last, progress, log,
-                     save_config)
+                     save_config, saved)
     timings["train"] = time.perf_counter() - t0
     model, single_metrics, summary = trained
     log(f"[demo] trained {summary['iteration']} iterations in {timings['train']:.0f} s"
@@ -409,8 +542,7 @@ def run_demo(
         "stopped_by_deadline": summary["stopped_by_deadline"],
         "minutes_budget": minutes,
         "seconds": {key: round(value, 2) for key, value in timings.items()},
-        "threads": torch.get_num_threads(),
-        "load_average": _load_average(),
+        **_machine_record(thread_plan.reason, experiment.train.precision, trial),
         "run_dir": str(run_dir),
         "data_root": str(data_root),
         "results": results,
@@ -435,6 +567,64 @@ def _class_table(num_classes: int) -> tuple[list[str], np.ndarray]:
     return [f"class_{i}" for i in range(num_classes)], np.stack([values] * 3, axis=1)
 
 
+def _machine_record(threads_plan: str, precision: str, trial: RecipeTrial) -> dict[str, Any]:
+    """What `demo_metrics.json` says about the machine and the choices made for it."""
+    return {"threads": torch.get_num_threads(), "threads_plan": threads_plan, "load_average": _load_average(),
+            "cpu": _cpu_description(), "precision": precision,
+            "recipe": {"key": trial.recipe.key, "title": trial.recipe.title, "overrides": list(trial.recipe.overrides),
+                       "step_seconds": round(trial.step_seconds, 3)}}  # fmt: skip
+
+
+def _cpu_description() -> str:
+    from attnseg.hardware import cpu_facts
+
+    return cpu_facts().describe()
+
+
+def _pick_recipe(config_path: Path, overrides: Sequence[str], family: str, fallbacks: bool, deadline: float,
+                 image_size: tuple[int, int], num_val: int, channels_last: bool,
+                 log: Callable[[str], None]) -> tuple[Any, Any, RecipeTrial]:  # fmt: skip
+    """(config as saved, with precision "auto" kept; the same config resolved for this CPU; the chosen trial).
+
+    With `fallbacks` (the built-in demo config) the cheaper recipes of `FALLBACK_RECIPES` are tried when the
+    default one's measured step would train too few of its iterations; the user's overrides apply on top of each.
+    """
+    from attnseg.config import load_config
+    from attnseg.hardware import resolve_experiment_precision
+
+    candidates = FALLBACK_RECIPES[family] if fallbacks else FALLBACK_RECIPES[family][:1]
+    loaded: dict[str, tuple[Any, Any]] = {}
+
+    def experiment_of(recipe: DemoRecipe) -> Any:
+        if recipe.key not in loaded:
+            raw = load_config(config_path, [*recipe.overrides, *overrides])
+            loaded[recipe.key] = (raw, resolve_experiment_precision(raw, "cpu", log=lambda line: log(f"[demo] {line}")))
+        return loaded[recipe.key][1]
+
+    measurer = _recipe_measurer(image_size, num_val, channels_last)
+    chosen, trials = choose_recipe(candidates, lambda recipe: measurer(experiment_of(recipe)),
+                                   lambda: deadline - time.perf_counter())  # fmt: skip
+    log(recipe_choice_line(chosen, trials, loaded[chosen.recipe.key][1].train.precision, torch.get_num_threads(),
+                           _cpu_description()))  # fmt: skip
+    raw, resolved = loaded[chosen.recipe.key]
+    return raw, resolved, chosen
+
+
+def recipe_choice_line(chosen: RecipeTrial, trials: Sequence[RecipeTrial], precision: str, threads: int,
+                       cpu: str) -> str:  # fmt: skip
+    """The one line that states the measured step, the CPU and the recipe the demo trains."""
+    first = trials[0]
+    head = (f"[demo] measured training step {first.step_seconds:.2f} s ({precision}, threads {threads}, {cpu}): "
+            f"{first.recipe.title} trains {min(first.affordable, first.iters)} of {first.iters} iterations in the "
+            "time left")  # fmt: skip
+    if chosen is first:
+        return head
+    tried = "; ".join(f"{t.recipe.key} {t.step_seconds:.2f} s" for t in trials[1:])
+    verdict = "fits" if chosen.fits else "the best share of its iterations (none fits)"
+    return (f"{head} -> training {chosen.recipe.title} instead ({tried}): {min(chosen.affordable, chosen.iters)} of "
+            f"{chosen.iters} iterations, {verdict}")
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(value, 2) for value in os.getloadavg()]
@@ -443,9 +633,11 @@ def _load_average() -> list[float] | None:
 
 
 def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size, channels_last: bool, progress: bool,
-           log: Callable[[str], None], save_config) -> tuple[nn.Module, Any, dict[str, Any]]:  # fmt: skip
+           log: Callable[[str], None], save_config,
+           saved: Any = None) -> tuple[nn.Module, Any, dict[str, Any]]:  # fmt: skip
     """Single-process training as `attnseg train` does it, with a deadline; returns (model, single-scale metrics,
-    summary). The trainer's final evaluation is the single-scale one, which also selects the "best" weights."""
+    summary). The trainer's final evaluation is the single-scale one, which also selects the "best" weights.
+    `saved` is the config written to the run folder (default `experiment`; the demo keeps precision "auto")."""
     from attnseg.config.build import build_eval_loader, build_model
     from attnseg.engine.build import build_criterion_from_config, build_optimizer, build_train_data, seed_everything
     from attnseg.inference.evaluate import evaluate_model
@@ -453,7 +645,7 @@ def _train(experiment, run_dir: Path, deadline: float, num_val: int, image_size,
 
     train_cfg, data_cfg, model_cfg, eval_cfg = experiment.train, experiment.data, experiment.model, experiment.eval
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(experiment, run_dir / "config.yaml")
+    save_config(saved if saved is not None else experiment, run_dir / "config.yaml")
     seed_everything(train_cfg.seed)
     model = build_model(model_cfg)
     if channels_last:
@@ -700,8 +892,9 @@ def write_index_html(
         + f"; data {float(seconds.get('data', 0)):.0f} s, training {float(seconds.get('train', 0)):.0f} s, "
         f"evaluation and pictures {float(seconds.get('evaluate', 0)):.0f} s, total "
         f"{float(seconds.get('total', 0)) / 60:.1f} min on {int(record.get('threads', 0))} threads "
-        f"({esc(platform.processor() or platform.machine())}). Run folder: <code>{esc(str(record.get('run_dir', '')))}"
-        "</code>.</p>",
+        f"({esc(str(record.get('cpu') or platform.processor() or platform.machine()))}, "
+        f"{esc(str(record.get('precision', '')))}). Recipe: {esc(str((record.get('recipe') or {}).get('title', '')))}."
+        f" Run folder: <code>{esc(str(record.get('run_dir', '')))}</code>.</p>",
         "<h2>Metrics on the synthetic val split</h2>",
         _results_table(results),
     ]

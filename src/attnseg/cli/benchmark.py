@@ -107,6 +107,21 @@ def installed_routes(routes: list[str], explicit: bool, log: Callable[[str], Non
     return kept
 
 
+def native_routes(routes: list[str], explicit: bool, log: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
+    """(routes to run, emulated ones among them with the reason). By default a route whose precision this CPU only
+    emulates is left out with a line saying why; asked for by name it runs, marked in the table."""
+    from attnseg.benchmark import emulated_routes
+
+    emulated = emulated_routes(routes)
+    if explicit:
+        for route, reason in emulated.items():
+            log(f"route {route} runs emulated: {reason}")
+        return routes, emulated
+    for route, reason in emulated.items():
+        log(f"skipping route {route}: {reason}")
+    return [route for route in routes if route not in emulated], {}
+
+
 def run(args: argparse.Namespace) -> int:
     from attnseg.benchmark import ROUTES, BenchmarkSpec, format_report, run_benchmark
     from attnseg.fileio import atomic_write_text
@@ -117,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.routes is not None
     routes = select_routes(args.routes if explicit else ",".join(ROUTES), args.precision, args.compile)
     routes = installed_routes(routes, explicit, log)
+    routes, emulated = native_routes(routes, explicit, log)
     slow = tuple(r.strip() for r in args.slow_routes.split(",") if r.strip())
     spec = BenchmarkSpec(
         model=args.model, input_size=(args.size[0], args.size[1]), scales=tuple(args.scales), batch=args.batch,
@@ -124,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         slow_routes=slow,
     )  # fmt: skip
     report = run_benchmark(spec, routes, memory_check=not args.no_memory_check, work_dir=args.work_dir, log=log)
+    report.emulated = emulated
     table = format_report(report)
     print(table)
     if args.out is not None:

@@ -46,7 +46,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion", choices=("softmax", "logits"), default=None,
         help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or logits (NVIDIA, PaddleSeg 2.8)",
     )  # fmt: skip
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model precision (bf16 autocast)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                        help="model precision: bf16 autocast, or auto (bf16 where the CPU runs it natively)")
     parser.add_argument("--device", type=torch_device, default=None,
                         help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -197,6 +198,7 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
 
     from attnseg.config import load_config
     from attnseg.errors import ConfigError
+    from attnseg.hardware import choose_precision, resolve_backend_precision
     from attnseg.inference.evaluate import check_class_count
     from attnseg.inference.scales import check_scaled_input
 
@@ -207,9 +209,12 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     if getattr(args, "backend", "torch") != "torch":
         from attnseg.export.runtime import eval_backend_model
 
+        args.precision = resolve_backend_precision(args.backend, args.precision)
         model, mean, std, class_names, palette, description, eval_cfg = eval_backend_model(args, eval_cfg)
         device = torch.device("cpu")
     else:
+        precision = choose_precision(eval_cfg.precision, device.type, what="eval.precision", allow_fp16=False)
+        eval_cfg = dataclasses.replace(eval_cfg, precision=precision)
         model, mean, std, class_names, palette, description = load_eval_model(args.weights, config.model, device)
     data_cfg = config.data
     if mean is not None:  # a native checkpoint knows how it was trained to be fed

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scales", type=scale_series, default=defaults.scales,
                         help="scales fused inside the graph (MscaleOCR), e.g. 0.5,1.0,2.0; default: the model's own")
     parser.add_argument("--opset", type=positive_int, default=defaults.opset, help="ONNX opset (default %(default)s)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision,
-                        help="OpenVINO precision hint recorded in the sidecar (default %(default)s)")  # fmt: skip
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=defaults.precision,
+                        help="OpenVINO precision hint recorded in the sidecar; auto: bf16 where this CPU runs it "
+                             "natively, else fp32 (default %(default)s)")  # fmt: skip
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                         help="compare ONNX Runtime with PyTorch after export (default: on with --dynamic)")
     parser.set_defaults(func=run, validate=validate)
@@ -100,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format == "openvino":
             from attnseg.export.openvino import export_openvino
+            from attnseg.hardware import announce, resolve_openvino_precision
 
-            result = export_openvino(model, args.out, shape, precision=args.precision, **options)
+            choice = resolve_openvino_precision(args.precision, what="--precision")
+            announce(choice)
+            result = export_openvino(model, args.out, shape, precision=choice.precision, **options)
             target = args.out if args.out.suffix == ".xml" else args.out.with_suffix(".xml")
         else:
             result = export_onnx(model, args.out, shape, **options)

@@ -75,6 +75,28 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.A
     return {}
 
 
+# Commands whose speed suffers when they run more threads than there are free cores (the demo and the benchmark
+# plan their own threads).
+THREAD_PLANNED_COMMANDS = ("train", "eval", "predict")
+
+
+def _fit_threads_to_free_cores() -> None:
+    """Fewer torch threads when other processes keep cores busy; says so only when it changes something. A
+    distributed run or an explicit OMP_NUM_THREADS is left alone."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    import torch
+
+    from attnseg.hardware import plan_threads
+
+    plan = plan_threads(torch.get_num_threads())
+    if plan.threads < torch.get_num_threads():
+        torch.set_num_threads(plan.threads)
+        print(plan.reason, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `attnseg` sub-command; returns the exit status (2 for a user error, printed as one line)."""
     parser = build_parser()
@@ -87,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate = getattr(args, "validate", None)
         if validate is not None:
             validate(args)
+        if args.command in THREAD_PLANNED_COMMANDS:
+            _fit_threads_to_free_cores()
         result = args.func(args)
     except (AttnsegError, FileNotFoundError) as error:
         # Errors about the user's data or options carry their own explanation; a traceback would bury it.

@@ -318,7 +318,13 @@ class _PlanLog:
 
 def build_predictor(args: argparse.Namespace, log: _PlanLog):
     """The `Predictor` the options ask for (checkpoint or exported model), with its window settings."""
+    import torch
+
+    from attnseg.hardware import resolve_backend_precision
+
     tiling = {"slide": bool(args.slide), "crop_size": args.crop, "stride": args.stride, "log": log}
+    device_type = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+    args.precision = resolve_backend_precision(getattr(args, "backend", "torch"), args.precision, device_type)
     if getattr(args, "backend", "torch") != "torch":
         from attnseg.export.runtime import predictor_from_export
 

@@ -102,7 +102,18 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
     train_cfg, data_cfg, model_cfg = config.train, config.data, config.model
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, run_dir / "config.yaml")  # keeps "auto": another machine resolves it again
+    from attnseg.hardware import resolve_experiment_precision
+
+    config = resolve_experiment_precision(config, context.device.type, log=None if context.is_main else _quiet)
+    if context.is_distributed:  # a timing check can differ between processes: all follow the main one
+        import torch.distributed as dist
+
+        chosen = [config.train.precision, config.eval.precision]
+        dist.broadcast_object_list(chosen, src=0)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=chosen[0]),
+                                     eval=dataclasses.replace(config.eval, precision=chosen[1]))  # fmt: skip
+    train_cfg = config.train
     seed_everything(train_cfg.seed, context.rank, train_cfg.deterministic)
 
     model = build_model(model_cfg).to(context.device)
@@ -142,6 +153,10 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
     if context.is_main:
         print(json.dumps({"run_dir": str(run_dir), **summary}))
     return 0
+
+
+def _quiet(line: str) -> None:
+    """Other ranks decide the same precision; only the main one says so."""
 
 
 def _evaluator(config: Any, context: Any, progress: bool):

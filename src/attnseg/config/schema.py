@@ -176,8 +176,9 @@ class TrainConfig:
     end_lr: float = 0.0
     warmup_iters: int = 0  # linear warm-up from warmup_start_factor * lr; 0 disables
     warmup_start_factor: float = 0.1
-    # fp32; bf16 = autocast bfloat16 (CPU or CUDA); fp16 = autocast float16 + GradScaler (CUDA only).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # fp32; bf16 = autocast bfloat16 (CPU or CUDA); fp16 = autocast float16 + GradScaler (CUDA only); auto = what the
+    # hardware runs natively (`attnseg.hardware.resolve_precision`: bf16 only with AVX-512 bf16 or AMX on CPU).
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     # Keep weights and activations NHWC: oneDNN (CPU) and cuDNN run their fast kernels without layout reorders
     # (measured with the demo's model on 2 CPU cores: 0.38 vs 0.47 s per fp32 step).
     channels_last: bool = True
@@ -229,7 +230,7 @@ class EvalConfig:
     stride: tuple[int, int] | None = None
     batch_size: int = 1
     num_workers: int = 2
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: see TrainConfig.precision
 
     def __post_init__(self) -> None:
         try:
@@ -260,8 +261,9 @@ class ExportConfig:
     opset: int = 17
     # Scales fused inside the graph (MscaleOCR hierarchical attention); None = the model's eval_scales.
     scales: tuple[float, ...] | None = None
-    # OpenVINO inference precision hint recorded in the sidecar (OpenVINO picks bf16 on AMX CPUs unless told).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # OpenVINO inference precision hint recorded in the sidecar (OpenVINO picks bf16 on AMX CPUs unless told); auto:
+    # bf16 where this CPU runs it natively, else fp32 (OpenVINO's bf16 hint compiles to fp32 there anyway).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     def __post_init__(self) -> None:
         _check_size("input_shape", self.input_shape)

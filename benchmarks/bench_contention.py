@@ -1,0 +1,154 @@
+"""The demo's training step and an evaluation pass on an idle CPU and beside one CPU-bound process.
+
+Each measurement runs in a fresh child process (OpenMP reads its settings when torch loads), in two ways:
+
+- ``fixed``: what the demo did before issue #16: ``--threads`` threads whatever the load, OpenMP's default wait
+  policy (threads spin at barriers for a while before sleeping).
+- ``planned``: what attnseg does now: ``OMP_WAIT_POLICY=PASSIVE`` and the thread count from the cores other
+  processes leave free (`attnseg.hardware.plan_threads`, measured in the child just before it starts).
+
+The busy process is a ``while True`` Python loop started before the "busy" rows and killed after them (and on any
+error). Prints one table of medians and the busy/idle ratio per way; the target is a ratio <= 2.5 for ``planned``.
+Run it on an otherwise idle machine: other work would count as "idle" load.
+
+    python benchmarks/bench_contention.py                      # the demo's recipe, 8 steps + 5 passes per row
+    python benchmarks/bench_contention.py --steps 3 --passes 2  # a quick check that it works
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_contention.py   # emulated AVX2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WAYS = ("fixed", "planned")
+TARGET_RATIO = 2.5
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Runs in the child: the demo's step (random batch) and eval passes; returns medians and what was chosen."""
+    import torch  # before attnseg, so that the "fixed" way keeps OpenMP's default wait policy
+
+    from attnseg.config import load_config
+    from attnseg.config.build import build_model
+    from attnseg.demo import measure_train_step
+    from attnseg.engine.build import build_criterion_from_config, build_optimizer
+    from attnseg.hardware import plan_threads, resolve_experiment_precision
+
+    if args.way == "planned":
+        plan = plan_threads(args.threads)
+        threads, seen = plan.threads, plan.reason
+    else:
+        threads, seen = args.threads, f"threads {args.threads} (fixed)"
+    torch.set_num_threads(threads)
+    experiment = resolve_experiment_precision(load_config(args.config), "cpu", log=lambda line: None)
+    torch.manual_seed(0)
+    model = build_model(experiment.model).to(memory_format=torch.channels_last)
+    criterion = build_criterion_from_config(experiment.train, experiment.model.num_classes)
+    optimizer = build_optimizer(model, experiment.train)
+    steps = [measure_train_step(model, criterion, optimizer, experiment.train.batch_size, experiment.data.crop_size,
+                                experiment.model.num_classes, experiment.train.precision, True, steps=1)
+             for _ in range(args.steps)]  # fmt: skip
+    passes = eval_passes(model, args.height, args.width, experiment.eval.precision, args.passes)
+    return {"step": statistics.median(steps), "eval": statistics.median(passes), "threads": threads, "seen": seen,
+            "precision": experiment.train.precision, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
+
+
+def eval_passes(model, height: int, width: int, precision: str, count: int) -> list[float]:
+    """Seconds of `count` eval-mode forwards (the model's eval scales) of one image, after one untimed."""
+    import torch
+
+    model.eval()
+    image = torch.zeros(1, 3, height, width).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for _ in range(count + 1):
+            start = time.perf_counter()
+            model(image)
+            times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def run_child(args: argparse.Namespace, way: str) -> dict:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if way == "planned":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    command = [sys.executable, __file__, "--worker", "--way", way, "--config", str(args.config), "--threads",
+               str(args.threads), "--steps", str(args.steps), "--passes", str(args.passes), "--height",
+               str(args.height), "--width", str(args.width)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker ({way}) failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def start_busy_process() -> subprocess.Popen:
+    """One CPU-bound process (a Python busy loop), like a second user's job on the same cores."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def table(results: dict[tuple[str, str], dict]) -> str:
+    lines = [f"{'way':<9}{'load':<6}{'threads':>8}{'step s':>9}{'eval s':>9}  what it saw",
+             "-" * 100]  # fmt: skip
+    for (way, load), r in results.items():
+        lines.append(f"{way:<9}{load:<6}{r['threads']:>8}{r['step']:>9.3f}{r['eval']:>9.3f}  {r['seen']} "
+                     f"(wait policy {r['wait_policy']}, {r['precision']})")  # fmt: skip
+    lines.append("")
+    for way in WAYS:
+        if (way, "idle") in results and (way, "busy") in results:
+            idle, busy = results[(way, "idle")], results[(way, "busy")]
+            step, evaluation = busy["step"] / idle["step"], busy["eval"] / idle["eval"]
+            verdict = "meets" if max(step, evaluation) <= TARGET_RATIO else "misses"
+            lines.append(f"{way}: beside one busy process the step takes {step:.2f}x and the eval pass "
+                         f"{evaluation:.2f}x the idle time ({verdict} the <= {TARGET_RATIO}x target)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo_mscale.yaml")
+    parser.add_argument("--threads", type=int, default=2, help="threads asked for (the demo's default: 2)")
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per row (after one untimed)")
+    parser.add_argument("--passes", type=int, default=5, help="timed eval passes per row (after one untimed)")
+    parser.add_argument("--height", type=int, default=256, help="eval image height (the demo's scenes: 256)")
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per child process")
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"comma list of {', '.join(WAYS)}")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--way", choices=WAYS, default="planned", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    ways = [way for way in args.ways.split(",") if way in WAYS]
+    results: dict[tuple[str, str], dict] = {}
+    for way in ways:
+        results[(way, "idle")] = run_child(args, way)
+        print(f"{way} idle: {results[(way, 'idle')]}", file=sys.stderr, flush=True)
+    busy = start_busy_process()
+    try:
+        time.sleep(0.5)  # the loop is running before the child measures the load
+        for way in ways:
+            results[(way, "busy")] = run_child(args, way)
+            print(f"{way} busy: {results[(way, 'busy')]}", file=sys.stderr, flush=True)
+    finally:
+        busy.kill()
+        busy.wait()
+    report = table({key: results[key] for key in sorted(results, key=lambda k: (ways.index(k[0]), k[1] != "idle"))})
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
