@@ -103,7 +103,8 @@ def _read_paddle_pickle(path: Path) -> dict[str, Any]:
     except WeightsError:
         raise
     except Exception as error:  # truncated file, unknown opcode, ...: report, never fall back to plain pickle
-        raise WeightsError(f"{path}: cannot read as a PaddlePaddle .pdparams pickle ({error})") from error
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{path}: cannot read as a PaddlePaddle .pdparams pickle ({reason[:300]})") from None
     if not isinstance(content, dict):
         raise WeightsError(f"{path}: expected a dict of name -> array, found {type(content).__name__}")
     content = dict(content)

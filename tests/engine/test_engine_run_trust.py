@@ -185,6 +185,23 @@ def test_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path):
     assert not (run / LOCK_NAME).exists()
 
 
+def test_without_flock_a_live_same_host_pid_is_refused_and_a_dead_one_taken_over(tmp_path, monkeypatch, holder):
+    from attnseg.engine import run_lock
+
+    monkeypatch.setattr(run_lock, "_try_flock", lambda descriptor: None)  # as on a file system without flock
+    run = tmp_path / "other_run"
+    run.mkdir()
+    record = {"pid": holder.pid, "host": socket.gethostname(), "started": "2020-01-01T00:00:00"}
+    (run / LOCK_NAME).write_text(json.dumps(record))
+    with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+        RunLock(run).acquire()
+    holder.kill()
+    holder.wait()
+    announced = []
+    with RunLock(run, announce=_Collect(announced)):
+        assert f"pid {holder.pid}" in announced[0]
+
+
 def test_lock_is_released_on_exceptions(tmp_path):
     with pytest.raises(KeyError):
         with RunLock(tmp_path):
