@@ -141,9 +141,7 @@ def _record_resume(run_dir: Path, iteration: int, changes: dict[str, tuple[Any, 
     for key, (old, new) in changes.items():
         print(f"resume: {key}: {old!r} -> {new!r} (allowed on resume)", file=sys.stderr)
     log = run_dir / RESUME_LOG_NAME
-    previous = log.read_text(encoding="utf-8") if log.is_file() else ""
-    if previous and not previous.endswith("\n"):
-        previous = previous[:previous.rfind("\n") + 1]  # a line cut short by a kill
+    previous = log.read_text(encoding="utf-8") if log.is_file() else ""  # whole lines: it is written atomically
     record = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "iteration": iteration,
               "changes": {key: [old, new] for key, (old, new) in changes.items()}}
     atomic_write_text(log, previous + json.dumps(record) + "\n", durable=True)
@@ -152,6 +150,7 @@ def _record_resume(run_dir: Path, iteration: int, changes: dict[str, tuple[Any, 
 def run(args: argparse.Namespace) -> int:
     from attnseg.config import load_config, save_config
     from attnseg.engine import distributed
+    from attnseg.engine.checkpoint import training_state_path
     from attnseg.engine.run_lock import RunLock
 
     config = load_config(args.config, args.overrides)
@@ -160,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--save-interval must be >= 0")
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, save_interval=args.save_interval))
     run_dir = Path(args.out or config.train.out_dir)
+    if args.resume and not run_dir.is_dir():  # refused before the lock would create the folder
+        raise AttnsegError(f"--resume: no training state at {training_state_path(run_dir)} (no folder {run_dir})")
 
     context = distributed.init_distributed(args.device)
     lock = RunLock(run_dir) if context.is_main else None  # rank 0 owns the folder for the whole group
