@@ -202,6 +202,38 @@ def test_without_flock_a_live_same_host_pid_is_refused_and_a_dead_one_taken_over
         assert f"pid {holder.pid}" in announced[0]
 
 
+_FORKING_HOLDER = """
+import os, sys, time
+from attnseg.engine.run_lock import RunLock
+lock = RunLock(sys.argv[1], command="holder").acquire()
+child = os.fork()
+if child == 0:  # like a data loader worker: outlives a killed parent for a while
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_forked_children_do_not_keep_a_dead_runs_lock(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(run)], env=_env(), stdout=subprocess.PIPE,
+                               text=True)
+    child = int(process.stdout.readline())
+    try:
+        with pytest.raises(RunLockedError):
+            RunLock(run).acquire()
+        process.kill()
+        process.wait()
+        os.kill(child, 0)  # the child still runs ...
+        with RunLock(run, announce=_Collect([])) as lock:  # ... yet the lock is free
+            assert lock.held
+    finally:
+        process.kill()
+        process.wait()
+        os.kill(child, signal.SIGKILL)
+
+
 def test_lock_is_released_on_exceptions(tmp_path):
     with pytest.raises(KeyError):
         with RunLock(tmp_path):

@@ -32,6 +32,25 @@ except ImportError:  # pragma: no cover - Windows: the pid check below is all th
     fcntl = None  # type: ignore[assignment]
 
 
+# Descriptors of the locks this process holds. A forked child (data loader workers) would share the locked file
+# description and so keep the lock alive after this process died; children close their copies at once (the lock
+# stays with the parent, whose descriptor remains open).
+_HELD_DESCRIPTORS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for descriptor in list(_HELD_DESCRIPTORS):
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+    _HELD_DESCRIPTORS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunLockedError(AttnsegError):
     """Another live process owns the run folder."""
 
@@ -111,6 +130,7 @@ class RunLock:
             try:
                 if self._take(descriptor):
                     self._descriptor = descriptor
+                    _HELD_DESCRIPTORS.add(descriptor)
                     return self
             except BaseException:
                 os.close(descriptor)
@@ -122,6 +142,9 @@ class RunLock:
         locked = _try_flock(descriptor)
         previous = _read_holder(descriptor)
         if locked is False:
+            if previous and not self._holder_may_be_alive(previous):
+                raise RunLockedError(f"{self.path.parent} is locked by a child of a run that has ended "
+                                     f"({_describe(previous)}); retry once its processes have exited")
             raise RunLockedError(f"{self.path.parent} is in use by another run ({_describe(previous)}); wait for it "
                                  "to finish or choose another --out")
         if not self._is_current_file(descriptor):
@@ -165,6 +188,7 @@ class RunLock:
         if self._descriptor is None:
             return
         descriptor, self._descriptor = self._descriptor, None
+        _HELD_DESCRIPTORS.discard(descriptor)
         try:
             if self._is_current_file(descriptor):
                 self.path.unlink(missing_ok=True)
