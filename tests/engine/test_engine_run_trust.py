@@ -180,8 +180,8 @@ def test_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path):
     announced = []
     with RunLock(run, announce=_Collect(announced)) as lock:
         assert lock.held and len(announced) == 1 and f"pid {dead_pid}" in announced[0]
-        with pytest.raises(RunLockedError):  # held: a second taker in this process is refused too
-            RunLock(run).acquire()
+        with pytest.raises(RunLockedError, match=f"in use by another run \\(pid {os.getpid()}"):
+            RunLock(run).acquire()  # held: a second taker in this process is refused too
     assert not (run / LOCK_NAME).exists()
 
 

@@ -142,7 +142,7 @@ class RunLock:
         locked = _try_flock(descriptor)
         previous = _read_holder(descriptor)
         if locked is False:
-            if previous and not self._holder_may_be_alive(previous):
+            if previous and previous.get("pid") != os.getpid() and not self._holder_may_be_alive(previous):
                 raise RunLockedError(f"{self.path.parent} is locked by a child of a run that has ended "
                                      f"({_describe(previous)}); retry once its processes have exited")
             raise RunLockedError(f"{self.path.parent} is in use by another run ({_describe(previous)}); wait for it "
