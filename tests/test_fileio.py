@@ -53,3 +53,12 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_temporaries(tmp_path) == [orphan]
     assert live.exists() and unrelated.exists() and not orphan.exists()
     assert str(os.getpid()) in live.name
+
+
+def test_final_file_has_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        target = atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -27,8 +27,16 @@ def temporary_path_for(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                   suffix=TEMP_SUFFIX + path.suffix)
+    # mkstemp makes the file 0600; the final file should have the permissions any other written file gets.
+    os.fchmod(handle, 0o666 & ~_umask())
     os.close(handle)
     return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,16 +103,20 @@ def _read_paddle_pickle(path: Path) -> dict[str, Any]:
     except WeightsError:
         raise
     except Exception as error:  # truncated file, unknown opcode, ...: report, never fall back to plain pickle
-        raise WeightsError(f"{path}: cannot read as a PaddlePaddle .pdparams pickle ({error})") from error
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{path}: cannot read as a PaddlePaddle .pdparams pickle ({reason[:300]})") from None
     if not isinstance(content, dict):
         raise WeightsError(f"{path}: expected a dict of name -> array, found {type(content).__name__}")
     content = dict(content)
     content.pop(_PADDLE_NAME_TABLE, None)
     big_params = content.pop(_PADDLE_BIG_PARAMS, None)
     if big_params:
-        for key, info in big_params.items():
-            parts = [np.asarray(content.pop(part)) for part in info["slices"]]
-            content[key] = np.concatenate([part.reshape(-1) for part in parts]).reshape(info["OriginShape"])
+        try:
+            for key, info in big_params.items():
+                parts = [np.asarray(content.pop(part)) for part in info["slices"]]
+                content[key] = np.concatenate([part.reshape(-1) for part in parts]).reshape(info["OriginShape"])
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise WeightsError(f"{path}: malformed {_PADDLE_BIG_PARAMS} entry ({error!r})") from None
     state: dict[str, Any] = {}
     for key, value in content.items():
         # Paddle pickles a tensor as the tuple (parameter name, ndarray) when it was not converted beforehand.
@@ -140,6 +144,54 @@ def _unwrap_torch_checkpoint(content: Any, path: Path) -> dict[str, Any]:
     return dict(content)
 
 
+def _weights_only_reason(error: pickle.UnpicklingError) -> str:
+    """The one informative line of torch's weights_only refusal (it also advises ``weights_only=False``: never)."""
+    text = str(error)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it asks for the global '{match.group(1)}', which a weights file may not import"
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
+    detail = match.group(1) if match else text.strip().splitlines()[-1] if text.strip() else "unreadable pickle"
+    return f"not a valid weights-only pickle ({' '.join(detail.split())})"
+
+
+def torch_load_weights_only(path: str | os.PathLike, *, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, every failure turned into a one-line `WeightsError`.
+
+    Only tensors, numbers, strings and plain containers (plus globals the caller allowlisted with
+    ``torch.serialization.safe_globals``) are rebuilt, so a crafted file cannot run code.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message (e.g. "training state").
+
+    Raises:
+        WeightsError: missing, truncated or corrupt file, or a pickle asking for a forbidden global (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file ({what})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(f"{path}: refusing to load this {what}: {_weights_only_reason(error)}") from None
+    except Exception as error:  # noqa: BLE001 - truncated zip, text file, ...: every way a file can be damaged
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if "central directory" in reason:
+            reason = "the zip archive is truncated or corrupt"
+        raise WeightsError(f"{path}: cannot read as a {what} ({type(error).__name__}: {reason[:300]})") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as error:  # noqa: BLE001 - SafetensorError, header JSON errors, OSError: a damaged file
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{path}: cannot read as a safetensors file ({reason[:300]})") from None
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read the state dict of a checkpoint file without running code stored in it.
 
@@ -164,21 +216,9 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     if suffix in PADDLE_SUFFIXES:
         return _read_paddle_pickle(path)
     if suffix in SAFETENSORS_SUFFIXES:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise WeightsError(f"{path}: cannot read safetensors file ({error})") from error
+        return _read_safetensors(path)
     if suffix in TORCH_SUFFIXES:
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise WeightsError(f"{path}: refused by torch.load(weights_only=True): {error}") from error
-        except (RuntimeError, OSError, EOFError, ValueError) as error:
-            raise WeightsError(f"{path}: cannot read as a PyTorch checkpoint ({error})") from error
-        return _unwrap_torch_checkpoint(content, path)
+        return _unwrap_torch_checkpoint(torch_load_weights_only(path, what="PyTorch checkpoint"), path)
     known = ", ".join(TORCH_SUFFIXES + PADDLE_SUFFIXES + SAFETENSORS_SUFFIXES)
     raise WeightsError(f"{path}: unknown checkpoint suffix {suffix!r}; expected one of {known}")
 
@@ -482,8 +522,10 @@ class CheckpointSidecar(ModelDescription):
     def from_json_dict(cls, data: Mapping[str, Any], path: Path) -> CheckpointSidecar:
         if data.get("format") != SIDECAR_FORMAT:
             raise WeightsError(f"{path}: not an attnseg checkpoint sidecar (format {data.get('format')!r})")
-        if int(data.get("format_version", 0)) > SIDECAR_FORMAT_VERSION:
-            raise WeightsError(f"{path}: sidecar format version {data['format_version']} is newer than this attnseg")
+        version = data.get("format_version", 0)
+        if not isinstance(version, int) or version > SIDECAR_FORMAT_VERSION:
+            raise WeightsError(f"{path}: sidecar format_version {version!r} is not one this attnseg reads "
+                               f"(an integer up to {SIDECAR_FORMAT_VERSION})")
         try:
             pre = data["preprocessing"]
             return cls(
@@ -498,8 +540,8 @@ class CheckpointSidecar(ModelDescription):
                 attnseg_version=str(data.get("attnseg_version", "")),
                 extra=dict(data.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise WeightsError(f"{path}: malformed checkpoint sidecar ({error!r})") from error
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise WeightsError(f"{path}: malformed checkpoint sidecar ({error!r})") from None
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -528,18 +570,14 @@ def _sidecar_text(data: dict[str, Any]) -> str:
     return text + "\n"
 
 
-def _atomic_write(target: Path, write) -> None:
-    """Write through a temporary file in the target's folder, then rename: readers never see a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        write(temporary)
+def _atomic_write(target: Path, write: Any) -> None:
+    """Write through `attnseg.fileio` (temporary beside the target, fsync, rename): readers never see a partial
+    file, and a crash leaves the previous one."""
+    from attnseg.fileio import atomic_path
+
+    with atomic_path(target, durable=True) as temporary:
+        write(str(temporary))
         os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual file permissions
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _validate_preprocessing(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -624,8 +662,10 @@ def read_sidecar(path: str | os.PathLike) -> CheckpointSidecar:
         )
     try:
         data = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{sidecar_path}: cannot read checkpoint sidecar ({error})") from error
+    except (OSError, ValueError) as error:  # ValueError: JSON syntax and undecodable bytes alike
+        raise WeightsError(f"{sidecar_path}: cannot read checkpoint sidecar ({error})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{sidecar_path}: a checkpoint sidecar is a JSON object, found {type(data).__name__}")
     return CheckpointSidecar.from_json_dict(data, sidecar_path)
 
 
@@ -650,8 +690,10 @@ def load_model(
     sidecar = read_sidecar(path)
     try:
         model = create_model(sidecar.model, num_classes=sidecar.num_classes, **sidecar.model_kwargs)
-    except (ValueError, TypeError) as error:
-        raise WeightsError(f"{weights_path}: cannot rebuild model {sidecar.model!r}: {error}") from error
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:
+        # The sidecar's model name is only looked up in the registry and its kwargs only passed to that builder:
+        # nothing in a sidecar is imported or evaluated.
+        raise WeightsError(f"{weights_path}: cannot rebuild model {sidecar.model!r}: {error}") from None
     load_weights(model, weights_path, source="native", strict=True)
     model.eval()
     if device is not None:

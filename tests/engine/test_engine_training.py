@@ -198,6 +198,9 @@ def test_cli_train_writes_run_folder_and_resumes(tmp_path):
                  "--resume"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3]
+    resumes = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert len(resumes) == 1 and resumes[0]["iteration"] == 2 and resumes[0]["changes"]["train.iters"] == [2, 3]
+    assert load_config(run / "config.yaml").train.iters == 3 and not (run / ".lock").exists()
 
 
 def test_planned_loader_yields_augmented_batches_from_data_config(tmp_path):

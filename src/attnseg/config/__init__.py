@@ -28,11 +28,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML (every run keeps one next to its outputs)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(config))
-    return path
+    """Write the resolved config as YAML (every run keeps one next to its outputs), atomically."""
+    from attnseg.fileio import atomic_write_text
+
+    return atomic_write_text(path, to_yaml(config), durable=True)
 
 
 __all__ = [

@@ -34,6 +34,7 @@ from torch import nn
 
 from attnseg.engine import distributed
 from attnseg.engine.checkpoint import (
+    TRAINING_STATE_FORMAT,
     capture_rng_state,
     load_training_state,
     restore_rng_state,
@@ -43,6 +44,7 @@ from attnseg.engine.checkpoint import (
 from attnseg.engine.ema import ModelEma
 from attnseg.engine.optim import poly_lr
 from attnseg.errors import AttnsegError
+from attnseg.fileio import atomic_write_text, remove_stale_temporaries
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -166,6 +168,12 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Runs until `max_iters`; returns a summary (final iteration, best mIoU and where it was reached)."""
         self.model.train()
+        if self.is_main:
+            remove_stale_temporaries(self.run_dir)
+            # A fresh run (iteration 0) in a folder whose earlier run died before its first checkpoint starts the
+            # log over; a resumed one already dropped what followed its checkpoint. Either way each iteration
+            # appears once.
+            self._truncate_records_after(self.iteration)
         bar = self._progress_bar()
         try:
             while self.iteration < self.max_iters:
@@ -307,7 +315,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": "attnseg-training-state/1",
+            "format": TRAINING_STATE_FORMAT,
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -362,12 +370,19 @@ class Trainer:
             stream.write(json.dumps(record) + "\n")
 
     def _truncate_records_after(self, iteration: int) -> None:
-        """Drops log lines written after the checkpoint being resumed, so metrics.jsonl reads as one run."""
+        """Drops log lines written after `iteration` (the checkpoint being resumed, or 0 for a fresh start) and a
+        line a killed process left half-written, so metrics.jsonl reads as one run with each iteration once."""
         if not self.is_main or not self.metrics_path.is_file():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # cut short by a kill mid-write
+            if isinstance(record, dict) and record.get("iter", 0) <= iteration:
+                kept.append(line)
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept), durable=True)
 
     def _progress_bar(self) -> Any:
         if not (self.progress and self.is_main):
