@@ -4,8 +4,8 @@ Each measurement runs in a fresh child process (OpenMP reads its settings when t
 
 - ``fixed``: what the demo did before issue #16: ``--threads`` threads whatever the load, OpenMP's default wait
   policy (threads spin at barriers for a while before sleeping).
-- ``planned``: what attnseg does now: ``OMP_WAIT_POLICY=PASSIVE`` and the thread count from the cores other
-  processes leave free (`attnseg.hardware.plan_threads`, measured in the child just before it starts).
+- ``planned``: what attnseg does now: the thread count from the cores other processes leave free
+  (`attnseg.hardware.plan_threads`, measured in the child just before it starts).
 
 The busy process is a ``while True`` Python loop started before the "busy" rows and killed after them (and on any
 error). Prints one table of medians and the busy/idle ratio per way; the target is a ratio <= 2.5 for ``planned``.
@@ -34,7 +34,7 @@ TARGET_RATIO = 2.5
 
 def worker(args: argparse.Namespace) -> dict:
     """Runs in the child: the demo's step (random batch) and eval passes; returns medians and what was chosen."""
-    import torch  # before attnseg, so that the "fixed" way keeps OpenMP's default wait policy
+    import torch
 
     from attnseg.config import load_config
     from attnseg.config.build import build_model
@@ -78,9 +78,7 @@ def eval_passes(model, height: int, width: int, precision: str, count: int) -> l
 
 def run_child(args: argparse.Namespace, way: str) -> dict:
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if way == "planned":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env.pop("OMP_WAIT_POLICY", None)  # both ways: OpenMP's default wait policy (passive measured slower)
     command = [sys.executable, __file__, "--worker", "--way", way, "--config", str(args.config), "--threads",
                str(args.threads), "--steps", str(args.steps), "--passes", str(args.passes), "--height",
                str(args.height), "--width", str(args.width)]  # fmt: skip

@@ -9,14 +9,6 @@ Public API:
     Predictor                      -- checkpoint -> image segmenter (`attnseg.inference.predictor`, imported lazily)
 """
 
-import os as _os
-import sys as _sys
-
-if "torch" not in _sys.modules:
-    # Threads waiting at an OpenMP barrier yield their core instead of spinning on it: beside another busy process a
-    # spinning thread takes the core the late thread needs. torch's OpenMP runtime reads this once, when it loads.
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from attnseg.models import SegmentationOutput, create_model, list_models
 from attnseg.weights import LoadReport, convert_state_dict, load_model, load_pretrained, load_weights, save_checkpoint
 
