@@ -36,6 +36,7 @@ from torch import nn
 
 from attnseg.engine.trainer import Trainer
 from attnseg.errors import ConfigError
+from attnseg.fileio import atomic_write_text
 
 DEFAULT_MODEL = "mscale_ocr_hrnet_w18_small_v1"
 DEMO_CONFIGS = {"mscale": "demo_mscale.yaml", "psanet": "demo_psanet.yaml"}
@@ -412,7 +413,7 @@ def ensure_dataset(
         except (OSError, json.JSONDecodeError):
             pass
     make_synthetic_dataset(root, num_train, num_val, height, width, seed, workers, progress=progress)
-    marker.write_text(json.dumps(spec) + "\n")
+    atomic_write_text(marker, json.dumps(spec) + "\n")
     return True
 
 
@@ -549,7 +550,7 @@ def run_demo(
         "data_root": str(data_root),
         "results": results,
     }
-    metrics_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(metrics_path, json.dumps(record, indent=2) + "\n")
     index = write_index_html(out_dir, record, pictures)
     _print_summary(results, log)
     log(f"[demo] done in {timings['total'] / 60:.1f} min (data {timings['data']:.0f} s, "
@@ -931,7 +932,7 @@ def write_index_html(
                  f"{esc(str(record.get('run_dir', '')))}</code>.</p>")  # fmt: skip
     parts.append("</body></html>")
     path = out_dir / "index.html"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts) + "\n")
     return path
 
 

@@ -42,6 +42,7 @@ from attnseg.data.labels import (
     colorize_label_ids,
     id_to_train_id,
 )
+from attnseg.fileio import atomic_write_text, atomic_write_with
 
 __all__ = [
     "SPLIT_CITIES",
@@ -1232,8 +1233,7 @@ def image_stem(split: str, index: int) -> tuple[str, str]:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"could not write {path}")
+    atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), array, [cv2.IMWRITE_PNG_COMPRESSION, 1]))
 
 
 def _generate(job: _Job) -> tuple[str, np.ndarray]:
@@ -1246,8 +1246,7 @@ def _generate(job: _Job) -> tuple[str, np.ndarray]:
     label_dir.mkdir(parents=True, exist_ok=True)
     _write_png(image_dir / f"{stem}_leftImg8bit.png", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
     base = label_dir / f"{stem}_gtFine"
-    with open(f"{base}_polygons.json", "w") as handle:
-        json.dump(scene.annotation, handle)
+    atomic_write_text(f"{base}_polygons.json", json.dumps(scene.annotation))
     _write_png(Path(f"{base}_labelIds.png"), scene.label_ids)
     _write_png(Path(f"{base}_instanceIds.png"), scene.instance_ids.astype(np.uint16))  # 16-bit like the official files
     color = colorize_label_ids(scene.label_ids)
