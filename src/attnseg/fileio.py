@@ -111,7 +111,8 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], *, durabl
     return Path(path)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -137,7 +138,7 @@ def remove_stale_temporaries(folder: str | Path, *, recursive: bool = True) -> l
     removed = []
     for candidate in candidates:
         match = _TEMP_NAME.match(candidate.name)
-        if match is None or not candidate.is_file() or _process_alive(int(match.group(1))):
+        if match is None or not candidate.is_file() or process_alive(int(match.group(1))):
             continue
         candidate.unlink(missing_ok=True)
         removed.append(candidate)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from attnseg.errors import AttnsegError
+from attnseg.fileio import process_alive
 
 LOCK_NAME = ".lock"
 
@@ -58,16 +59,6 @@ class RunLockedError(AttnsegError):
 def _describe(holder: dict[str, Any]) -> str:
     return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
             + (f": {holder['command']}" if holder.get("command") else ""))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
 
 
 def _read_holder(descriptor: int) -> dict[str, Any]:
@@ -168,7 +159,7 @@ class RunLock:
     def _holder_may_be_alive(holder: dict[str, Any]) -> bool:
         if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
             return True  # another host's pid says nothing here
-        return holder["pid"] != os.getpid() and _pid_alive(holder["pid"])
+        return holder["pid"] != os.getpid() and process_alive(holder["pid"])
 
     def _write_holder(self, descriptor: int) -> None:
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
