@@ -56,6 +56,7 @@ OPTIONAL_PACKAGE_EXTRAS: dict[str, str] = {
     "onnx": "export",
     "onnxruntime": "export",
     "openvino": "openvino",
+    "nncf": "int8",
 }
 
 

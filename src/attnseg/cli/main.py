@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "predict",
     "score",
     "export",
+    "quantize",
     "convert_weights",
     "benchmark",
     "print_config",

@@ -75,13 +75,13 @@ def export_openvino(
             onnx_path = Path(source)
         onnx_sidecar = read_export_sidecar(onnx_path)
         converted = ov.convert_model(str(onnx_path))
-        _save_ir_atomically(ov, converted, path)
+        save_ir_atomically(ov, converted, path)
     result = dataclasses.replace(onnx_sidecar, model_format="openvino", precision=precision)
     write_export_sidecar(path, result)
     return result
 
 
-def _save_ir_atomically(ov: Any, model: Any, path: Path) -> None:
+def save_ir_atomically(ov: Any, model: Any, path: Path) -> None:
     """Save IR under temporary names beside `path`, then rename the ``.bin`` and, last, the ``.xml`` (the file
     readers open): a killed export never leaves a final-named ``.xml`` whose weights are missing or partial.
 
@@ -97,6 +97,15 @@ def _save_ir_atomically(ov: Any, model: Any, path: Path) -> None:
     finally:
         temp_xml.unlink(missing_ok=True)
         temp_bin.unlink(missing_ok=True)
+
+
+def move_ir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move an IR with its ``.bin`` and sidecar to `target` (same file system), the ``.xml`` last: a reader never
+    finds the final ``.xml`` without its weights and sidecar."""
+    source, target = Path(source), Path(target)
+    os.replace(source.with_suffix(".bin"), target.with_suffix(".bin"))
+    os.replace(Path(f"{source}.json"), Path(f"{target}.json"))
+    os.replace(source, target)
 
 
 def compile_openvino(path: str | os.PathLike, precision: str = "fp32", input_shape: Sequence[int] | None = None,

@@ -1,0 +1,192 @@
+"""`attnseg quantize WEIGHTS --calib IMAGES_OR_SPLIT --out model_int8.xml`: an INT8 OpenVINO model and its cost.
+
+WEIGHTS is a training run directory, a native checkpoint or an fp32 OpenVINO ``.xml`` from `attnseg export`
+(exported with a fixed ``--input-shape``). A checkpoint is first exported to an fp32 IR (in a temporary folder) at
+``--input-shape`` (default: the size of the first calibration image) with ``--scales`` fused in the graph (default:
+the run's ``eval.scales``, else the model's own). NNCF then quantizes the whole multi-scale graph with statistics of
+``--calib-count`` images: a folder, glob or image files, or ``split:NAME`` for a split of the run's dataset (or of
+``--config``'s).
+
+The accuracy report compares INT8 with fp32 on the same images: label agreement, and on a labelled split
+(``--report-split``, default the run's ``eval.split`` when the run has a dataset) the mIoU of each and per class. It
+is printed and written to ``<out>.report.json``. With ``--max-drop P`` the command refuses (exit 2, nothing written)
+when INT8 loses more than P points of mIoU; without it, a drop above 0.5 points is a warning.
+
+``attnseg predict/eval --backend openvino`` run the result unchanged (its sidecar carries the preprocessing).
+Needs the ``int8`` extra: ``pip install -e '.[int8]'`` (nncf + openvino).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+WARN_DROP_POINTS = 0.5  # the bound OpenVINO's INT8 DeepLabV3 results stay within (a few tenths of a point)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from attnseg.cli.arguments import positive_int, scale_series
+    from attnseg.export.quantize import KEEP_FLOAT_GROUPS, MODEL_TYPES, PRESETS
+
+    parser = subparsers.add_parser(
+        "quantize",
+        help="post-training INT8 quantization (NNCF, OpenVINO) with an accuracy report against fp32",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("weights", help="training run directory, native checkpoint, or an fp32 OpenVINO .xml")
+    parser.add_argument("--calib", required=True, nargs="+", help="images, folders, globs, or split:NAME")
+    parser.add_argument("--out", required=True, type=Path, help="target .xml (with .bin, .xml.json, .report.json)")
+    parser.add_argument("--calib-count", type=positive_int, default=32, help="calibration images (default %(default)s)")
+    parser.add_argument("--config", default=None, help="experiment YAML for split: sources (default: the run's)")
+    parser.add_argument("--report-split", default=None,
+                        help="labelled split for the mIoU report (default: the config's eval.split, if any)")
+    parser.add_argument("--report-count", type=positive_int, default=500, help="at most this many report images")
+    parser.add_argument("--input-shape", type=positive_int, nargs=4, metavar=("N", "C", "H", "W"), default=None,
+                        help="graph input shape (default: 1 3 and the first calibration image's size)")
+    parser.add_argument("--scales", type=scale_series, default=None, help="scales fused in the graph (MscaleOCR)")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default="transformer",
+                        help="NNCF model type; transformer keeps attention products' inputs in float (default)")
+    parser.add_argument("--preset", choices=PRESETS, default="mixed", help="NNCF preset (default %(default)s)")
+    parser.add_argument("--keep-float", default="",
+                        help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="refuse when INT8 loses more than this many mIoU points (needs a labelled split)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO threads (default: all)")
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse arguments that cannot work before anything is loaded."""
+    from attnseg.cli.arguments import check_output_file
+    from attnseg.errors import ConfigError
+    from attnseg.export.quantize import QuantizationSettings
+
+    if args.out.suffix != ".xml":
+        raise ConfigError(f"--out {args.out}: an OpenVINO model file ends in .xml")
+    check_output_file(args.out, "--out")
+    if args.input_shape is not None and (args.input_shape[0] != 1 or args.input_shape[1] != 3):
+        raise ConfigError(f"--input-shape {' '.join(map(str, args.input_shape))}: quantize one 3-channel image per "
+                          "call (N=1, C=3)")  # fmt: skip
+    if args.max_drop is not None and not args.max_drop >= 0:
+        raise ConfigError(f"--max-drop {args.max_drop}: must be a number of points >= 0")
+    args.settings = QuantizationSettings(args.model_type, args.preset,
+                                         tuple(name for name in args.keep_float.split(",") if name))  # fmt: skip
+
+
+def _config_for(args: argparse.Namespace):
+    """The experiment config for `split:` sources and the report: --config, else the run directory's."""
+    from attnseg.config import load_config
+
+    if args.config is not None:
+        return load_config(args.config, [])
+    run_config = Path(args.weights) / "config.yaml"
+    return load_config(run_config, []) if run_config.is_file() else None
+
+
+def _split_dataset(config, split: str, flag: str):
+    from attnseg.config.build import build_eval_dataset
+    from attnseg.errors import ConfigError
+
+    if config is None:
+        raise ConfigError(f"{flag} split:{split}: needs --config (or a run directory whose config names the data)")
+    return build_eval_dataset(config.data, split).base  # raw uint8 samples; normalisation follows the sidecar
+
+
+def _calibration_sources(args: argparse.Namespace, config) -> tuple[list[Path], object | None]:
+    """(image files, or a dataset of raw samples) that --calib names."""
+    from attnseg.cli.predict import collect_inputs
+    from attnseg.errors import ConfigError
+
+    splits = [text for text in args.calib if text.startswith("split:")]
+    if splits:
+        if len(args.calib) > 1:
+            raise ConfigError("--calib: either one split:NAME or image files/folders/globs, not both")
+        return [], _split_dataset(config, splits[0][len("split:"):], "--calib")
+    collection = collect_inputs(list(args.calib))
+    files = [item.path for item in collection.items if not item.is_video]
+    if not files:
+        reasons = "; ".join(f"{text}: {reason}" for text, reason in collection.failed) or "no image files"
+        raise ConfigError(f"--calib {' '.join(args.calib)}: nothing to calibrate on ({reasons})")
+    return files[: args.calib_count], None
+
+
+def _first_image_size(files: list[Path], dataset) -> tuple[int, int]:
+    from attnseg.inference.predictor import read_image
+
+    image = read_image(files[0]) if files else dataset[0]["image"]
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def _fp32_graph(args: argparse.Namespace, config, size: tuple[int, int], folder: Path) -> Path:
+    """The fp32 IR to quantize: WEIGHTS itself when it is one, else an export of the checkpoint."""
+    from attnseg.cli.export import load_export_model
+    from attnseg.export.openvino import export_openvino
+
+    if Path(args.weights).suffix == ".xml":
+        return Path(args.weights)
+    model, sidecar, description = load_export_model(args.weights)
+    scales = args.scales
+    if scales is None and config is not None and config.eval.multi_scale == "hierarchical":
+        scales = tuple(config.eval.scales)
+    target = folder / "fp32.xml"
+    print(f"exporting {description} at 1x3x{size[0]}x{size[1]}, scales {list(scales) if scales else 'the model'}s",
+          file=sys.stderr)  # fmt: skip
+    export_openvino(model, target, (1, 3, *size), scales=scales, sidecar=sidecar, verify=False)
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnseg.errors import AttnsegError, ConfigError
+    from attnseg.export.onnx import read_export_sidecar
+    from attnseg.export.quantize import (
+        compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
+    )  # fmt: skip
+    from attnseg.fileio import atomic_write_text
+    from attnseg.export.openvino import move_ir
+
+    require_nncf()
+    config = _config_for(args)
+    files, calib_dataset = _calibration_sources(args, config)
+    size = tuple(args.input_shape[2:]) if args.input_shape else _first_image_size(files, calib_dataset)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Staged beside the target, so that the finished files are renamed into place on the same file system.
+    with tempfile.TemporaryDirectory(prefix=".attnseg-quantize-", dir=args.out.parent) as work:
+        fp32_path = _fp32_graph(args, config, size, Path(work))
+        sidecar = read_export_sidecar(fp32_path)
+        size = static_input_size(sidecar, fp32_path)
+        calibration = [sample.inputs for sample in (
+            image_samples(files, sidecar, size) if files else dataset_samples(calib_dataset, sidecar, size,
+                                                                              args.calib_count))]  # fmt: skip
+        print(f"quantizing with {len(calibration)} calibration images ({args.settings.model_type}, "
+              f"{args.settings.preset}, float: {', '.join(args.settings.keep_float) or 'NNCF default'})",
+              file=sys.stderr)  # fmt: skip
+        staged = Path(work) / "int8.xml"
+        result = quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights))
+        report_split = args.report_split or (config.eval.split if config is not None else None)
+        if report_split is not None:
+            samples = dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
+                                      args.report_count)  # fmt: skip
+            where = f"split {report_split}"
+        else:
+            samples, where = image_samples(files, sidecar, size), "the calibration images"
+        if args.max_drop is not None and report_split is None:
+            raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
+        report = compare_int8(fp32_path, staged, samples, threads=args.threads)
+        for line in report.lines():
+            print(line)
+        drop = report.miou_drop_points
+        if args.max_drop is not None and drop is not None and drop > args.max_drop:
+            raise AttnsegError(f"--max-drop {args.max_drop}: INT8 loses {drop:.2f} mIoU points on {where}; nothing "
+                               "written (try --keep-float scale-attention,ocr-context or more --calib-count)")
+        if drop is not None and drop > WARN_DROP_POINTS:
+            print(f"warning: INT8 loses {drop:.2f} mIoU points on {where} (above {WARN_DROP_POINTS})", file=sys.stderr)
+        record = {"report_on": where, **report.to_json(), "quantization": result.extra["quantization"],
+                  "model": result.model, "input_shape": result.input_shape, "scales": result.scales}  # fmt: skip
+        move_ir(staged, args.out)
+        atomic_write_text(args.out.with_suffix(".report.json"), json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out} (+ .bin, {args.out.name}.json, {args.out.with_suffix('.report.json').name})")
+    return 0

@@ -1,0 +1,140 @@
+"""attnseg quantize: an INT8 OpenVINO model from a run folder, and a report that an independent computation confirms.
+
+The independent side exports the fp32 graph with `attnseg export`, runs it and the INT8 graph with OpenVINO directly,
+and computes agreement and mIoU with plain NumPy; `attnseg eval --backend openvino` on the INT8 file must give the
+report's INT8 mIoU.
+"""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from attnseg.benchmark import benchmark_image, calibrate_batchnorm  # noqa: E402
+from attnseg.cli.main import main  # noqa: E402
+from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, label_ids_to_train_ids  # noqa: E402
+from attnseg.models import create_model  # noqa: E402
+from attnseg.weights import save_checkpoint  # noqa: E402
+
+MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+KWARGS = {"ocr_mid_channels": 32, "ocr_key_channels": 16, "attention_channels": 16}
+SCALES = (0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    from attnseg.data.synthetic import make_synthetic_dataset
+
+    folder = tmp_path_factory.mktemp("int8")
+    root = make_synthetic_dataset(folder / "cs", num_train=0, num_val=4, height=64, width=128)
+    torch.manual_seed(0)
+    model = create_model("mscale_ocr_hrnet_w18_small_v1", num_classes=19, **KWARGS)
+    calibrate_batchnorm(model, benchmark_image(64, 128, seed=1))
+    run = folder / "run"
+    save_checkpoint(run / "checkpoints" / "best", model, "mscale_ocr_hrnet_w18_small_v1", KWARGS, CITYSCAPES_CLASSES,
+                    CITYSCAPES_PALETTE, MEAN, STD)
+    kwargs = "".join(f"    {key}: {value}\n" for key, value in KWARGS.items())
+    (run / "config.yaml").write_text(
+        f"model:\n  name: mscale_ocr_hrnet_w18_small_v1\n  kwargs:\n{kwargs}data:\n  root: {root}\n  num_workers: 0\n"
+        f"eval:\n  split: val\n  scales: [{', '.join(map(str, SCALES))}]\n  num_workers: 0\n")
+    return folder
+
+
+def _labels(compiled, inputs):
+    return compiled(inputs)[compiled.outputs[0]][0].argmax(0)
+
+
+def _miou(predictions, labels, num_classes=19):
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for prediction, label in zip(predictions, labels):
+        valid = label < num_classes
+        confusion += np.bincount(label[valid].astype(int) * num_classes + prediction[valid],
+                                 minlength=num_classes**2).reshape(num_classes, num_classes)  # fmt: skip
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    return float(np.mean(np.diag(confusion)[union > 0] / union[union > 0]))
+
+
+def test_quantize_report_matches_an_independent_computation(run_folder, capsys):
+    import openvino as ov
+
+    out = run_folder / "q" / "model_int8.xml"
+    assert main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--calib-count", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "label agreement" in printed and "mIoU fp32" in printed
+    for suffix in (".bin", ".report.json"):
+        assert out.with_suffix(suffix).is_file()
+    sidecar = json.loads((run_folder / "q" / "model_int8.xml.json").read_text())
+    assert sidecar["scales"] == list(SCALES) and sidecar["extra"]["quantization"]["calibration_images"] == 3
+    assert not [p for p in (run_folder / "q").iterdir() if p.name.startswith(".")]  # nothing staged left behind
+    report = json.loads(out.with_suffix(".report.json").read_text())
+
+    assert main(["export", str(run_folder / "run"), "--format", "openvino", "--out", str(run_folder / "fp32.xml"),
+                 "--input-shape", "1", "3", "64", "128", "--scales", "0.5,1.0", "--output", "logits",
+                 "--precision", "fp32"]) == 0  # fmt: skip
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32, int8 = (core.compile_model(str(path), "CPU", config) for path in (run_folder / "fp32.xml", out))
+    images = sorted((run_folder / "cs" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
+    assert len(images) == 4
+    reference, quantized, labels = [], [], []
+    for path in images:
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+        inputs = ((rgb - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1)[None].copy()
+        reference.append(_labels(fp32, inputs))
+        quantized.append(_labels(int8, inputs))
+        label_path = str(path).replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+        labels.append(label_ids_to_train_ids(cv2.imread(label_path, cv2.IMREAD_UNCHANGED)))
+    agreement = np.mean([(a == b).mean() for a, b in zip(reference, quantized)])
+    assert report["images"] == 4
+    assert report["agreement"] == pytest.approx(agreement, abs=1e-9)
+    assert report["fp32_miou"] == pytest.approx(_miou(reference, labels), abs=1e-9)
+    assert report["int8_miou"] == pytest.approx(_miou(quantized, labels), abs=1e-9)
+    assert report["miou_drop_points"] == pytest.approx(100 * (report["fp32_miou"] - report["int8_miou"]))
+
+    # The INT8 file runs unchanged through `attnseg eval --backend openvino`.
+    target = run_folder / "int8_eval.json"
+    assert main(["eval", str(run_folder / "run" / "config.yaml"), "--weights", str(out), "--backend", "openvino",
+                 "--precision", "fp32", "--json", str(target), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(target.read_text())["mIoU"] == pytest.approx(report["int8_miou"], abs=1e-9)
+
+
+def test_quantize_refuses_a_drop_beyond_max_drop_and_writes_nothing(run_folder, monkeypatch, capsys):
+    from attnseg.export import quantize
+
+    real_compare = quantize.compare_int8
+
+    def worse(*args, **kwargs):
+        report = real_compare(*args, **kwargs)
+        report.int8_miou = report.fp32_miou - 0.02  # a 2-point drop
+        return report
+
+    monkeypatch.setattr(quantize, "compare_int8", worse)
+    out = run_folder / "refused" / "model_int8.xml"
+    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--calib-count", "2", "--out", str(out),
+                 "--max-drop", "1.0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-drop 1.0: INT8 loses 2.00 mIoU points" in err and "nothing written" in err
+    assert not out.exists() and list((run_folder / "refused").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--out", "m.onnx"], "--out m.onnx: an OpenVINO model file ends in .xml"),
+        (["--out", "m.xml", "--keep-float", "everything"], "--keep-float everything: unknown group"),
+        (["--out", "m.xml", "--max-drop", "-1"], "--max-drop -1.0: must be a number of points >= 0"),
+        (["--out", "m.xml", "--input-shape", "2", "3", "64", "128"], "--input-shape 2 3 64 128: quantize one"),
+    ],
+)
+def test_quantize_user_errors_are_one_line(run_folder, tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
