@@ -13,8 +13,8 @@ Autolabelled options (NVIDIA ``scripts/train_cityscapes_sota.yml``; applied per 
 loader does, so they are hyper-parameters, not part of the prepared files):
 
 - ``autolabel_min_confidence`` (``--custom_coarse_prob``): refinement_final stores a confidence map
-  ``<frame>_leftImg8bit_prob.png`` (0-255 = 0-1) beside each label; pixels with confidence below the threshold
-  are ignored.
+  ``<frame>_leftImg8bit_prob.png`` (0-255 = 0-1) beside each label (`attnseg autolabel` writes it beside its
+  converted label); pixels with confidence below the threshold are ignored.
 - ``autolabel_gtcoarse_classes`` (``--custom_coarse_dropout_classes``, trainIds): for each such class that the
   autolabel contains, every pixel that the autolabel or gtCoarse gives that class gets it (the union).
 - ``autolabel_mask_border`` (``--mask_out_cityscapes``): pixels outside rows 15..839 and columns 14..2029 of a
@@ -297,18 +297,17 @@ class CityscapesDataset(SegmentationFiles):
 
 
 def _confidence_files(root: Path, samples: list[Sample]) -> dict[Path, Path]:
-    """label path -> its ``*_leftImg8bit_prob.png`` in refinement_final (beside the raw labels, also when the
-    labels are read from ``convert_autolabelled``)."""
+    """label path -> its ``*_leftImg8bit_prob.png``: beside the label (what `attnseg autolabel` writes), else in
+    refinement_final (NVIDIA's release, also when its labels are read from ``convert_autolabelled``)."""
     _, raw = _autolabel_dirs(root)
-    if raw is None:
-        raise DatasetError(f"{root / 'refinement_final'}: folder not found; autolabel_min_confidence reads the "
-                           "confidence maps <city>/<frame>_leftImg8bit_prob.png stored there")
     found = {}
     for sample in samples:
-        path = raw / sample.image.parent.name / f"{sample.name}_leftImg8bit_prob.png"
-        if not path.is_file():
-            raise DatasetError(f"{path}: confidence map not found (needed by autolabel_min_confidence for "
-                               f"{sample.image.name})")
+        name = f"{sample.name}_leftImg8bit_prob.png"
+        candidates = [sample.label.parent / name] + ([raw / sample.image.parent.name / name] if raw else [])
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            raise DatasetError(f"{candidates[-1]}: confidence map not found (needed by autolabel_min_confidence for "
+                               f"{sample.image.name}; looked in {', '.join(str(c.parent) for c in candidates)})")
         found[sample.label] = path
     return found
 
