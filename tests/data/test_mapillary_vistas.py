@@ -82,3 +82,41 @@ def test_prepare_mapillary_lists_every_bad_file(vistas, capsys):
     assert any(line.startswith(f"  {vistas / 'validation' / 'images' / 'im0.jpg'}: no label file") for line in lines)
     with pytest.raises(DatasetError, match=r"im0.png: label values \[70\]"):
         MapillaryDataset(vistas, "train")[0]  # and when training reads it
+
+
+def _v20_tree(root, evaluate_last=False):
+    """A v2.0 archive: v1.2 and v2.0 labels side by side, with both configs; label 3 is not evaluated."""
+    labels = [{"readable": f"Class {i}", "color": [i, 2 * i, 3 * i], "evaluate": i != 3} for i in range(6)]
+    labels.append({"readable": "Unlabeled", "color": [0, 0, 0], "evaluate": evaluate_last})
+    (root / "config_v2.0.json").write_text(json.dumps({"labels": labels}))
+    for split in ("training", "validation"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "v2.0" / "labels").mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 7, 3), np.uint8)).save(root / split / "images" / "a.jpg")
+        _palette_png(root / split / "v2.0" / "labels" / "a.png", np.array([[0, 1, 2, 3, 4, 5, 6]] * 4))
+    return root
+
+
+def test_v20_classes_names_and_colours_come_from_its_config(tmp_path):
+    dataset = MapillaryDataset(_v20_tree(tmp_path), "train", classes="vistas", version="v2.0")
+    # Label 3 and Unlabeled are not evaluated: five classes, consecutive ids, ignore for the rest.
+    assert dataset.num_classes == 5 and dataset.class_names == ("Class 0", "Class 1", "Class 2", "Class 4", "Class 5")
+    np.testing.assert_array_equal(dataset.palette[3], [4, 8, 12])
+    label = dataset[0]["label"]
+    np.testing.assert_array_equal(label[0], [0, 1, 2, 255, 3, 4, 255])
+    with pytest.raises(DatasetError, match="Cityscapes mapping is defined for Vistas v1.2"):
+        MapillaryDataset(tmp_path, "train", classes="cityscapes", version="v2.0")
+    (tmp_path / "config_v2.0.json").unlink()
+    with pytest.raises(DatasetError, match=r"config_v2.0.json: not found"):
+        MapillaryDataset(tmp_path, "train", classes="vistas", version="v2.0")
+
+
+def test_v12_names_and_colours_without_a_config(vistas):
+    from attnseg.data.mapillary import VISTAS_PALETTE
+
+    (vistas / "config.json").unlink()
+    dataset = MapillaryDataset(vistas, "val", classes="vistas")
+    assert dataset.num_classes == 65 and dataset.class_names[13] == "Road"
+    np.testing.assert_array_equal(dataset.palette[13], VISTAS_PALETTE[13])
+    expected = sorted({value for value in CASES if value != 65} | {255})  # Unlabeled (65) becomes ignore
+    assert np.unique(dataset[0]["label"]).tolist() == expected

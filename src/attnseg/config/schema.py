@@ -73,6 +73,8 @@ class DataConfig:
     root: str = "data/cityscapes"
     # Mapillary only: score the 19 Cityscapes trainIds (labels mapped) or Vistas' own 65 classes (NVIDIA's recipe).
     mapillary_classes: Literal["cityscapes", "vistas"] = "cityscapes"
+    # Mapillary only: the label version (v2.0: labels under <split>/v2.0/labels, classes from config_v2.0.json).
+    mapillary_version: Literal["v1.2", "v2.0"] = "v1.2"
     train_split: str = "train"
     val_split: str = "val"
     # Extra coarse data mixed into training: none, Cityscapes gtCoarse, or the autolabelled refinement_final set.
@@ -128,6 +130,8 @@ class DataConfig:
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range}")
         _check(self.mapillary_classes == "cityscapes" or self.dataset == "mapillary", "mapillary_classes",
                self.mapillary_classes, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
+        _check(self.mapillary_version == "v1.2" or self.dataset == "mapillary", "mapillary_version",
+               self.mapillary_version, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
         _check_size("crop_size", self.crop_size)
         _check_counts(self, {"num_workers": 0, "pre_size": 0, "class_uniform_tile": 1})
         _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,

@@ -17,6 +17,7 @@ crosswalks are part of the road; curbs and curb cuts part of the sidewalk; every
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,19 @@ VISTAS_CLASSES: tuple[str, ...] = (
     "Traffic Sign (Back)", "Traffic Sign (Front)", "Trash Can", "Bicycle", "Boat", "Bus", "Car", "Caravan",
     "Motorcycle", "On Rails", "Other Vehicle", "Trailer", "Truck", "Wheeled Slow", "Car Mount", "Ego Vehicle",
     "Unlabeled",
+)  # fmt: skip
+#: Vistas v1.2 colours ("color" in its config.json), by class index.
+VISTAS_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (165, 42, 42), (0, 192, 0), (196, 196, 196), (190, 153, 153), (180, 165, 180), (90, 120, 150), (102, 102, 156),
+    (128, 64, 255), (140, 140, 200), (170, 170, 170), (250, 170, 160), (96, 96, 96), (230, 150, 140), (128, 64, 128),
+    (110, 110, 110), (244, 35, 232), (150, 100, 100), (70, 70, 70), (150, 120, 90), (220, 20, 60), (255, 0, 0),
+    (255, 0, 100), (255, 0, 200), (200, 128, 128), (255, 255, 255), (64, 170, 64), (230, 160, 50), (70, 130, 180),
+    (190, 255, 255), (152, 251, 152), (107, 142, 35), (0, 170, 30), (255, 255, 128), (250, 0, 30), (100, 140, 180),
+    (220, 220, 220), (220, 128, 128), (222, 40, 40), (100, 170, 30), (40, 40, 40), (33, 33, 33), (100, 128, 160),
+    (142, 0, 0), (70, 100, 150), (210, 170, 100), (153, 153, 153), (128, 128, 128), (0, 0, 80), (250, 170, 30),
+    (192, 192, 192), (220, 220, 0), (140, 140, 20), (119, 11, 32), (150, 0, 255), (0, 60, 100), (0, 0, 142),
+    (0, 0, 90), (0, 0, 230), (0, 80, 100), (128, 64, 64), (0, 0, 110), (0, 0, 70), (0, 0, 192), (32, 32, 32),
+    (120, 10, 10), (0, 0, 0),
 )  # fmt: skip
 VISTAS_NUM_CLASSES = 65  # evaluated classes; index 65 (Unlabeled) is the ignore value in NVIDIA's loader
 VISTAS_UNLABELED = 65
@@ -66,49 +80,125 @@ def _build_vistas_to_cityscapes() -> np.ndarray:
     return table
 
 
-def _build_vistas_native() -> np.ndarray:
-    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    table[:VISTAS_NUM_CLASSES] = np.arange(VISTAS_NUM_CLASSES)
-    table.setflags(write=False)
-    return table
-
-
 #: (256,) uint8: Vistas class index -> Cityscapes trainId (255 = ignore).
 VISTAS_TO_CITYSCAPES: np.ndarray = _build_vistas_to_cityscapes()
-#: (256,) uint8: Vistas class index -> itself for 0..64, 255 for Unlabeled (65) and anything else.
-VISTAS_NATIVE: np.ndarray = _build_vistas_native()
 
 _SPLIT_DIRS = {"train": "training", "val": "validation", "test": "testing"}
 
 
-def check_config(root: Path) -> None:
-    """If ``config.json`` exists, make sure it describes the v1.2 label set these tables were written for."""
-    path = root / "config.json"
-    if not path.is_file():
-        return
+VERSIONS = ("v1.2", "v2.0")
+
+
+@dataclass(frozen=True)
+class VistasLabelSet:
+    """The label definitions of one Vistas version, as its ``config.json`` lists them.
+
+    Attributes:
+        version: ``"v1.2"`` or ``"v2.0"``.
+        names: every label's readable name, by label value.
+        colors: every label's RGB colour.
+        evaluate: whether the benchmark scores the label; labels that are not scored (Unlabeled) become ignore.
+        source: the config file read, or None for the built-in v1.2 table.
+    """
+
+    version: str
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    evaluate: tuple[bool, ...]
+    source: Path | None = None
+
+    @property
+    def class_values(self) -> tuple[int, ...]:
+        """Label values of the evaluated classes, in order: class i of a model is label value class_values[i]."""
+        return tuple(value for value, scored in enumerate(self.evaluate) if scored)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_values)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.names[value] for value in self.class_values)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(num_classes, 3) uint8 colours of the evaluated classes."""
+        return np.asarray([self.colors[value] for value in self.class_values], dtype=np.uint8).reshape(-1, 3)
+
+    def lookup_table(self) -> np.ndarray:
+        """(256,) uint8: label value -> class index, 255 for labels that are not evaluated."""
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for index, value in enumerate(self.class_values):
+            table[value] = index
+        table.setflags(write=False)
+        return table
+
+
+#: Vistas v1.2 as its config.json defines it: 66 labels, all scored but Unlabeled (65).
+VISTAS_V12 = VistasLabelSet("v1.2", VISTAS_CLASSES, VISTAS_PALETTE, (True,) * 65 + (False,))
+
+
+def config_candidates(root: Path, version: str) -> list[Path]:
+    """Where a version's label definitions may be: ``config_<version>.json`` (v2.0 archives hold both), then
+    ``config.json`` (the v1.2 archive)."""
+    return [root / f"config_{version}.json", root / "config.json"]
+
+
+def _parse_labels(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], tuple[bool, ...]]:
     try:
         labels = json.loads(path.read_text())["labels"]
-        names = [label["readable"] for label in labels]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DatasetError(f"{path}: not a Mapillary Vistas config ({error})") from error
-    if tuple(names) != VISTAS_CLASSES:
-        raise DatasetError(
-            f"{path}: {len(names)} labels that differ from Vistas v1.2's 66 (is this a v2.0 config? point the root at "
-            "the v1.2 labels)"
-        )
+        names = tuple(str(label["readable"]) for label in labels)
+        colors = tuple(tuple(int(c) for c in label.get("color", (0, 0, 0)))[:3] for label in labels)
+        evaluate = tuple(bool(label.get("evaluate", label["readable"].lower() != "unlabeled")) for label in labels)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{path}: not a Mapillary Vistas config (a 'labels' list of objects with 'readable', "
+                           f"'color' and 'evaluate'): {error}") from None  # fmt: skip
+    if not names or len(names) > 255 or any(len(color) != 3 for color in colors):
+        raise DatasetError(f"{path}: {len(names)} labels; a Vistas config has 1..255 labels with RGB colours")
+    return names, colors, evaluate
 
 
-def _label_dir(split_dir: Path) -> Path:
-    label_dir = split_dir / "v1.2" / "labels"
-    return label_dir if label_dir.is_dir() else split_dir / "labels"
+def read_label_set(root: str | Path, version: str = "v1.2") -> VistasLabelSet:
+    """The label definitions of `version` from the dataset's own config file, else the built-in v1.2 table.
+
+    Raises:
+        DatasetError: a config that is not a Vistas one, a v1.2 config whose names differ from v1.2's 66 labels,
+            or v2.0 without its config (``config_v2.0.json``).
+    """
+    if version not in VERSIONS:
+        raise DatasetError(f"Mapillary Vistas version {version!r}: choose from {', '.join(VERSIONS)}")
+    root = Path(root)
+    path = next((candidate for candidate in config_candidates(root, version) if candidate.is_file()), None)
+    if path is None:
+        if version == "v1.2":
+            return VISTAS_V12
+        raise DatasetError(f"{root / 'config_v2.0.json'}: not found; the v2.0 label definitions come with the "
+                           "v2.0 download")  # fmt: skip
+    names, colors, evaluate = _parse_labels(path)
+    if version == "v1.2" and names != VISTAS_CLASSES:
+        raise DatasetError(f"{path}: {len(names)} labels that differ from Vistas v1.2's 66 (is this a v2.0 config? "
+                           "set data.mapillary_version: v2.0)")  # fmt: skip
+    if version == "v2.0" and names == VISTAS_CLASSES:
+        raise DatasetError(f"{path}: holds the v1.2 labels; v2.0 needs config_v2.0.json")
+    return VistasLabelSet(version, names, colors, evaluate, path)
 
 
-def vistas_label_path(root: Path, split: str, image: Path) -> Path:
-    """Where the v1.2 label of `image` (of `split`) is expected."""
-    return _label_dir(root / _SPLIT_DIRS[split]) / f"{image.stem}.png"
+def check_config(root: Path) -> None:
+    """Raise unless the v1.2 label definitions (``config.json`` when present) are Vistas v1.2's."""
+    read_label_set(root, "v1.2")
 
 
-def list_split(root: str | Path, split: str) -> tuple[list[Sample], list[Path]]:
+def _label_dir(split_dir: Path, version: str = "v1.2") -> Path:
+    label_dir = split_dir / version / "labels"
+    return label_dir if label_dir.is_dir() or version != "v1.2" else split_dir / "labels"
+
+
+def vistas_label_path(root: Path, split: str, image: Path, version: str = "v1.2") -> Path:
+    """Where the label of `image` (of `split`) is expected."""
+    return _label_dir(root / _SPLIT_DIRS[split], version) / f"{image.stem}.png"
+
+
+def list_split(root: str | Path, split: str, version: str = "v1.2") -> tuple[list[Sample], list[Path]]:
     """The (image, label) samples of one split and the images that have no label (for ``test``: none).
 
     Raises:
@@ -118,7 +208,7 @@ def list_split(root: str | Path, split: str) -> tuple[list[Sample], list[Path]]:
         raise ValueError(f"split must be one of {tuple(_SPLIT_DIRS)}, got {split!r}")
     root = Path(root)
     require_dir(root, "the Mapillary Vistas root")
-    check_config(root)
+    read_label_set(root, version)
     split_dir = require_dir(root / _SPLIT_DIRS[split], f"Vistas split {split!r}")
     image_dir = require_dir(split_dir / "images", "Vistas images (*.jpg)")
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -126,10 +216,10 @@ def list_split(root: str | Path, split: str) -> tuple[list[Sample], list[Path]]:
         raise DatasetError(f"{image_dir}: no images found")
     if split == "test":
         return [Sample(p, None, "none", p.stem) for p in images], []
-    require_dir(_label_dir(split_dir), "Vistas labels (*.png)")
+    require_dir(_label_dir(split_dir, version), f"Vistas {version} labels (*.png)")
     samples, unlabelled = [], []
     for image in images:
-        label = vistas_label_path(root, split, image)
+        label = vistas_label_path(root, split, image, version)
         if label.is_file():
             samples.append(Sample(image, label, "vistas", image.stem))
         else:
@@ -143,33 +233,52 @@ class MapillaryDataset(SegmentationFiles):
     Args:
         root: the Vistas root (holding ``training/``, ``validation/``, ``testing/``).
         split: "train", "val" or "test".
-        classes: "cityscapes" (19 trainIds via `VISTAS_TO_CITYSCAPES`) or "vistas" (65 classes, Unlabeled -> 255).
+        classes: "cityscapes" (19 trainIds via `VISTAS_TO_CITYSCAPES`, v1.2 labels) or "vistas" (the evaluated classes
+            of the version's own label definitions: 65 for v1.2, Unlabeled -> 255).
         transform: called on each item dict before it is returned.
+        version: "v1.2" or "v2.0" (labels under ``<split>/v2.0/labels``, definitions in ``config_v2.0.json``).
+
+    Attributes:
+        label_set: the `VistasLabelSet` read from the dataset's config (names, colours, evaluated flags).
+        class_names, palette: of the classes the labels hold (Cityscapes' for ``classes="cityscapes"``).
     """
 
     ignore_index = IGNORE_INDEX
 
     def __init__(
-        self, root: str | Path, split: str = "train", classes: str = "cityscapes", transform: Transform | None = None
-    ):
+        self, root: str | Path, split: str = "train", classes: str = "cityscapes", transform: Transform | None = None,
+        version: str = "v1.2",
+    ):  # fmt: skip
         if split not in _SPLIT_DIRS:
             raise ValueError(f"split must be one of {tuple(_SPLIT_DIRS)}, got {split!r}")
         if classes not in ("cityscapes", "vistas"):
             raise ValueError(f"classes must be 'cityscapes' or 'vistas', got {classes!r}")
         root = Path(root)
-        samples, unlabelled = list_split(root, split)
+        self.label_set = read_label_set(root, version)
+        if classes == "cityscapes" and version != "v1.2":
+            raise DatasetError(f"{root}: the Cityscapes mapping is defined for Vistas v1.2 labels; use "
+                               "data.mapillary_classes: vistas with v2.0")  # fmt: skip
+        samples, unlabelled = list_split(root, split, version)
         if unlabelled:
             image = unlabelled[0]
-            raise DatasetError(f"{image}: no label file; expected {vistas_label_path(root, split, image)}")
+            raise DatasetError(f"{image}: no label file; expected {vistas_label_path(root, split, image, version)}")
         super().__init__(samples, transform)
-        self.root, self.split, self.classes = root, split, classes
-        self.num_classes = len(CITYSCAPES_CLASSES) if classes == "cityscapes" else VISTAS_NUM_CLASSES
-        self.class_names = CITYSCAPES_CLASSES if classes == "cityscapes" else VISTAS_CLASSES[:VISTAS_NUM_CLASSES]
-        table = VISTAS_TO_CITYSCAPES if classes == "cityscapes" else VISTAS_NATIVE
+        self.root, self.split, self.classes, self.version = root, split, classes, version
+        if classes == "cityscapes":
+            from attnseg.data.labels import CITYSCAPES_PALETTE
+
+            self.num_classes, self.class_names = len(CITYSCAPES_CLASSES), tuple(CITYSCAPES_CLASSES)
+            self.palette = np.asarray(CITYSCAPES_PALETTE, dtype=np.uint8)
+            table = VISTAS_TO_CITYSCAPES
+        else:
+            self.num_classes, self.class_names = self.label_set.num_classes, self.label_set.class_names
+            self.palette = self.label_set.palette
+            table = self.label_set.lookup_table()
         self.lookup_tables = {"vistas": table, "none": None}
-        self.allowed_values = {"vistas": VISTAS_VALUES}
-        self.value_descriptions = {"vistas": VISTAS_VALUE_DESCRIPTION}
+        self.allowed_values = {"vistas": frozenset(range(len(self.label_set.names)))}
+        self.value_descriptions = {"vistas": f"Mapillary Vistas {version} label values (0..{len(self.label_set.names) - 1})"}
 
     def __repr__(self) -> str:
         root = str(self.root)
-        return f"MapillaryDataset(root={root!r}, split={self.split!r}, classes={self.classes!r}, n={len(self)})"
+        return (f"MapillaryDataset(root={root!r}, split={self.split!r}, classes={self.classes!r}, "
+                f"version={self.version!r}, n={len(self)})")  # fmt: skip
