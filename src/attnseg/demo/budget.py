@@ -144,7 +144,8 @@ def choose_recipe(
     seconds_left: Callable[[], float],
 ) -> tuple[RecipeTrial, list[RecipeTrial]]:
     """The first of `candidates` that fits the time left, else the one that trains the largest share of its
-    iterations (the fastest step among equals); with every trial made (candidates after the chosen one are not measured).
+    iterations (the fastest step among equals); with every trial made (candidates after the chosen one are not
+    measured).
 
     Args:
         candidates: recipes, the default first.
