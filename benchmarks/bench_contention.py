@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> dict:
     from attnseg.config import load_config
     from attnseg.config.build import build_model
     from attnseg.demo import measure_train_step
-    from attnseg.engine.build import build_criterion_from_config, build_optimizer
+    from attnseg.config.training import build_criterion_from_config, build_optimizer
     from attnseg.hardware import plan_threads, resolve_experiment_precision
 
     if args.way == "planned":

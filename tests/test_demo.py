@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -365,3 +366,39 @@ def test_demo_psanet_averages_scales(tmp_path, capsys):
     page = (tmp_path / "index.html").read_text()
     assert 'src="pictures/compare/' in page and "attn_" not in page
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("[demo] open file://")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the demo asks of models and datasets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_single_scale_forward_is_the_scale_one_model_and_leaves_the_scales():
+    from attnseg.demo.measure import model_fuses_scales, single_scale_forward
+    from attnseg.models import create_model
+
+    fused = create_model("mscale_ocr_hrnet_w18_small", num_classes=2, eval_scales=(0.5, 1.0)).eval()
+    single = create_model("mscale_ocr_hrnet_w18_small", num_classes=2, eval_scales=(1.0,)).eval()
+    single.load_state_dict(fused.state_dict())
+    images = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.allclose(single_scale_forward(fused, images).logits, single(images).logits, atol=1e-6)
+        assert not torch.allclose(fused(images).logits, single(images).logits, atol=1e-4)  # 0.5 is fused again
+    assert tuple(fused.eval_scales) == (0.5, 1.0) and model_fuses_scales(fused)
+    plain = _TinyNet()
+    assert not model_fuses_scales(plain) and torch.equal(single_scale_forward(plain, images).logits,
+                                                         plain(images).logits)  # fmt: skip
+
+
+def test_fallback_class_table_is_cityscapes_for_19_classes_else_numbered_greys():
+    from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, fallback_class_table
+    from attnseg.export.onnx import default_checkpoint_info
+
+    names, palette = fallback_class_table(19)
+    assert names == list(CITYSCAPES_CLASSES) and np.array_equal(palette, CITYSCAPES_PALETTE)
+    names, palette = fallback_class_table(3)
+    assert names == ["class_0", "class_1", "class_2"] and palette.dtype == np.uint8
+    assert palette.tolist() == [[0, 0, 0], [127, 127, 127], [255, 255, 255]]
+    assert fallback_class_table(1)[1].tolist() == [[0, 0, 0]]
+    info = default_checkpoint_info(3)  # models exported without a checkpoint carry the same table
+    assert info["class_names"] == names and info["palette"] == palette.astype(int).tolist()

@@ -13,7 +13,7 @@ from attnseg.data.cityscapes import CityscapesDataset, ego_border_region, refine
 from attnseg.data.labels import id_to_train_id
 from attnseg.data.prepare import prepare_autolabelled
 from attnseg.data.synthetic import make_synthetic_dataset
-from attnseg.engine.build import build_train_datasets, label_loader
+from attnseg.config.train_data import build_train_datasets, label_loader
 from attnseg.errors import DatasetError
 
 TRUCK, BUS, TRAIN = 27, 28, 31  # labelIds of trainIds 14, 15, 16

@@ -14,7 +14,7 @@ from attnseg.data.cityscapes import CityscapesDataset
 from attnseg.data.labels import id_to_train_id
 from attnseg.data.prepare import prepare_cityscapes
 from attnseg.data.synthetic import make_synthetic_dataset
-from attnseg.engine.build import build_train_data
+from attnseg.config.train_data import build_train_data
 from attnseg.errors import ConfigError, DatasetError
 
 TRAIN_ID_MESSAGE = r"label values \[40, 41\] are not trainIds of the 19 classes \(0..18\) or the ignore value 255"

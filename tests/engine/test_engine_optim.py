@@ -81,7 +81,7 @@ def test_ema_tracks_weights_and_copies_buffers():
 
 def test_optimizer_choice_from_config_and_schedule_applies_to_adamw():
     from attnseg.config import load_config
-    from attnseg.engine.build import build_optimizer
+    from attnseg.config.training import build_optimizer
     from attnseg.engine.optim import set_lr
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))

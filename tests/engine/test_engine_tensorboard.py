@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from attnseg.config import DataConfig, TrainConfig
-from attnseg.engine.build import build_optimizer, build_train_data
+from attnseg.config.train_data import build_train_data
+from attnseg.config.training import build_optimizer
 from attnseg.engine.optim import poly_lr
 from attnseg.engine.trainer import Trainer
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from attnseg.config import DataConfig, load_config
-from attnseg.engine.build import build_criterion_from_config
+from attnseg.config.training import build_criterion_from_config
 from attnseg.engine.trainer import Trainer
 from attnseg.models import create_model
 
@@ -205,7 +205,7 @@ def test_cli_train_writes_run_folder_and_resumes(tmp_path):
 
 def test_planned_loader_yields_augmented_batches_from_data_config(tmp_path):
     from attnseg.config import TrainConfig
-    from attnseg.engine.build import build_train_data
+    from attnseg.config.train_data import build_train_data
 
     data_cfg = DataConfig(crop_size=(16, 16), num_workers=0, class_uniform_fraction=0.5, class_uniform_tile=16,
                           centroid_cache_dir=str(tmp_path))

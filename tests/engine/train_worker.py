@@ -18,7 +18,8 @@ from torch import nn
 
 from attnseg.config import DataConfig, TrainConfig
 from attnseg.engine import distributed
-from attnseg.engine.build import build_optimizer, build_train_data, seed_everything
+from attnseg.config.train_data import build_train_data
+from attnseg.config.training import build_optimizer, seed_everything
 from attnseg.engine.trainer import Trainer
 from attnseg.losses import CrossEntropyLoss, LossTerm, SegmentationCriterion
 from attnseg.models.outputs import SegmentationOutput

@@ -19,9 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from attnseg.cli.arguments import non_negative_int, train_device
 from attnseg.errors import AttnsegError, ConfigError
 
@@ -53,8 +50,8 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: the config does not load (unknown key, value out of range) or the class counts differ.
     """
-    from attnseg.cli.eval import dataset_class_count
     from attnseg.config import load_config
+    from attnseg.config.build import dataset_class_count
 
     config = load_config(args.config, args.overrides)
     expected = dataset_class_count(config.data)
@@ -207,62 +204,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: bool, save_config: Any,
            changes: dict[str, tuple[Any, Any]] | None = None) -> int:
-    from attnseg.config.build import build_model
-    from attnseg.engine import distributed
-    from attnseg.engine.build import (
-        build_criterion_from_config,
-        build_optimizer,
-        build_train_data,
-        seed_everything,
-    )
-    from attnseg.engine.trainer import Trainer
+    from attnseg.config.training import build_evaluator, build_training
 
-    train_cfg, data_cfg, model_cfg = config.train, config.data, config.model
     as_given = config  # what config.yaml keeps: "auto" is resolved again on another machine
     if context.is_main and not resume:  # a resumed run rewrites its config only once its state has loaded
         save_config(as_given, run_dir / "config.yaml")
-    from attnseg.hardware import resolve_experiment_precision
-
-    config = resolve_experiment_precision(config, context.device.type, log=None if context.is_main else _quiet)
-    if context.is_distributed:  # a timing check can differ between processes: all follow the main one
-        import torch.distributed as dist
-
-        chosen = [config.train.precision, config.eval.precision]
-        dist.broadcast_object_list(chosen, src=0)
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=chosen[0]),
-                                     eval=dataclasses.replace(config.eval, precision=chosen[1]))  # fmt: skip
-    train_cfg = config.train
-    seed_everything(train_cfg.seed, context.rank, train_cfg.deterministic)
-
-    model = build_model(model_cfg).to(context.device)
-    if train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if context.is_distributed and train_cfg.sync_bn:
-        model = distributed.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, train_cfg)
-    if context.is_distributed:
-        device_ids = [context.local_rank] if context.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    criterion = build_criterion_from_config(train_cfg, model_cfg.num_classes, data_cfg.ignore_index).to(context.device)
-    data = build_train_data(data_cfg, train_cfg, num_classes=model_cfg.num_classes, rank=context.rank,
-                            world_size=context.world_size, progress=progress)
-    class_names, palette = _class_table(model_cfg.num_classes)
-
-    def save_weights(module: nn.Module, name: str, info: dict[str, Any]) -> None:
-        from attnseg.weights import save_checkpoint
-
-        save_checkpoint(run_dir / "checkpoints" / name, module, model_cfg.name, model_cfg.kwargs, class_names, palette,
-                        data_cfg.mean, data_cfg.std, extra={"run": str(run_dir), **info})
-
-    trainer = Trainer(
-        model, criterion, optimizer, data.loader, data.sampler,
-        max_iters=train_cfg.iters, run_dir=run_dir, device=context.device, precision=train_cfg.precision,
-        poly_power=train_cfg.poly_power, end_lr=train_cfg.end_lr, warmup_iters=train_cfg.warmup_iters,
-        warmup_start_factor=train_cfg.warmup_start_factor, grad_clip_norm=train_cfg.grad_clip_norm,
-        ema_decay=train_cfg.ema_decay, evaluate_fn=_evaluator(config, context, progress),
-        eval_interval=train_cfg.eval_interval, save_interval=train_cfg.save_interval,
-        log_interval=train_cfg.log_interval, save_weights=save_weights, progress=progress, palette=palette,
-    )  # fmt: skip
+    config = _resolve_precision(config, context)
+    setup = build_training(config, run_dir, context, evaluate_fn=build_evaluator(config, context.device, progress),
+                           progress=progress)  # fmt: skip
+    trainer = setup.trainer
     if resume:
         trainer.resume()
         if context.is_main:
@@ -275,42 +225,23 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
     return 0
 
 
+def _resolve_precision(config: Any, context: Any) -> Any:
+    """The config with precision "auto" resolved for this machine; every process follows the main one's choice."""
+    from attnseg.hardware import resolve_experiment_precision
+
+    config = resolve_experiment_precision(config, context.device.type, log=None if context.is_main else _quiet)
+    if context.is_distributed:  # a timing check can differ between processes: all follow the main one
+        import torch.distributed as dist
+
+        chosen = [config.train.precision, config.eval.precision]
+        dist.broadcast_object_list(chosen, src=0)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=chosen[0]),
+                                     eval=dataclasses.replace(config.eval, precision=chosen[1]))  # fmt: skip
+    return config
+
+
 def _quiet(line: str) -> None:
     """Other ranks decide the same precision; only the main one says so."""
-
-
-def _evaluator(config: Any, context: Any, progress: bool):
-    """evaluate_fn for the trainer: the eval section's recipe on the validation split (loader built once)."""
-    from attnseg.config.build import build_eval_loader
-    from attnseg.inference.evaluate import evaluate_model
-
-    eval_cfg = config.eval
-    loader = None
-
-    def evaluate(model: nn.Module):
-        nonlocal loader
-        if loader is None:
-            loader = build_eval_loader(config.data, eval_cfg.split, batch_size=eval_cfg.batch_size,
-                                       num_workers=eval_cfg.num_workers)
-        return evaluate_model(
-            model, loader, config.model.num_classes, scales=eval_cfg.scales, multi_scale=eval_cfg.multi_scale,
-            flip=eval_cfg.flip, mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride,
-            precision=eval_cfg.precision, device=context.device, progress=progress,
-            ignore_index=config.data.ignore_index,
-        )  # fmt: skip
-
-    return evaluate
-
-
-def _class_table(num_classes: int) -> tuple[list[str], Any]:
-    from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-
-    if num_classes == len(CITYSCAPES_CLASSES):
-        return list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    return [f"class_{i}" for i in range(num_classes)], rng.integers(0, 256, (num_classes, 3), dtype=np.uint8)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m attnseg.cli.train` convenience

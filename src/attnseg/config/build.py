@@ -1,6 +1,7 @@
-"""Builders that turn config sections into objects: the model, evaluation datasets and loaders.
+"""Builders that turn config sections into objects: the model, the one dataset switch, evaluation loaders.
 
-Only the CLI and the training engine call these; library code takes explicit arguments instead of configs.
+With `attnseg.config.train_data` (training loaders) and `attnseg.config.training` (the whole training set-up) this is
+the only place where configs become objects; library code takes explicit arguments instead of configs.
 """
 
 from __future__ import annotations
@@ -105,7 +106,19 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def _raw_dataset(data_cfg: DataConfig, split: str) -> Dataset:
+def build_dataset(data_cfg: DataConfig, split: str, num_classes: int | None = None) -> Dataset:
+    """The raw samples (uint8 RGB image, uint8 trainId or class-id label) of one split: the one dataset switch,
+    for training and evaluation alike.
+
+    Args:
+        data_cfg: data section (kind, root, Mapillary class table, ignore value).
+        split: split name.
+        num_classes: the model's class count; a folder dataset's labels are checked against it (default 19).
+
+    Raises:
+        ConfigError: unknown dataset kind, or a folder layout that does not exist.
+        DatasetError: the dataset folder is missing or laid out wrongly (raised by the dataset class).
+    """
     kind = data_cfg.dataset
     if kind == "cityscapes":
         from attnseg.data.cityscapes import CityscapesDataset
@@ -116,16 +129,23 @@ def _raw_dataset(data_cfg: DataConfig, split: str) -> Dataset:
 
         return MapillaryDataset(data_cfg.root, split, classes=data_cfg.mapillary_classes)
     if kind == "folder":
-        return folder_dataset(data_cfg.root, split)
+        options = {} if num_classes is None else {"num_classes": num_classes}
+        return folder_dataset(data_cfg.root, split, ignore_index=data_cfg.ignore_index, **options)
     raise ConfigError(f"data.dataset={kind!r} is not one of cityscapes, mapillary, folder")
 
 
-def folder_dataset(root: str | Path, split: str) -> Dataset:
+def folder_dataset(root: str | Path, split: str, num_classes: int = 19, ignore_index: int = 255) -> Dataset:
     """A `FolderDataset` for one split of a plain folder, found by the first layout that exists:
 
     ``<root>/<split>.txt`` (PaddleSeg-style list of ``<image> [<label>]`` lines relative to root);
     ``<root>/<split>/images`` with optional ``<root>/<split>/labels``;
     ``<root>/images/<split>`` with optional ``<root>/labels/<split>``.
+
+    Args:
+        root: the dataset folder.
+        split: split name.
+        num_classes: label values must be class ids ``0..num_classes-1`` or `ignore_index`.
+        ignore_index: the label value meaning "no class".
 
     Raises:
         ConfigError: none of these exists.
@@ -133,25 +153,34 @@ def folder_dataset(root: str | Path, split: str) -> Dataset:
     from attnseg.data.folder import FolderDataset
 
     root = Path(root)
+    labels_options = dict(num_classes=num_classes, ignore_index=ignore_index)
     if (root / f"{split}.txt").is_file():
-        return FolderDataset(list_file=root / f"{split}.txt", root=root)
+        return FolderDataset(list_file=root / f"{split}.txt", root=root, **labels_options)
     for images, labels in ((root / split / "images", root / split / "labels"),
                            (root / "images" / split, root / "labels" / split)):  # fmt: skip
         if images.is_dir():
-            return FolderDataset(images, labels if labels.is_dir() else None)
+            return FolderDataset(images, labels if labels.is_dir() else None, **labels_options)
     raise ConfigError(
         f"data.root={root}: for data.dataset=folder, split {split!r} needs {root / (split + '.txt')}, "
         f"{root / split / 'images'} (+ labels/) or {root / 'images' / split} (+ labels/{split})"
     )
 
 
-def build_eval_dataset(data_cfg: DataConfig, split: str | None = None) -> EvalSampleDataset:
+def build_eval_dataset(
+    data_cfg: DataConfig, split: str | None = None, num_classes: int | None = None
+) -> EvalSampleDataset:
     """The split (default `data_cfg.val_split`) as normalised, full-size evaluation samples.
+
+    Args:
+        data_cfg: data section.
+        split: split name, default `data_cfg.val_split`.
+        num_classes: the model's class count (checks a folder dataset's labels; see `build_dataset`).
 
     Raises:
         DatasetError: the dataset folder is missing or laid out wrongly (raised by the dataset class).
     """
-    return EvalSampleDataset(_raw_dataset(data_cfg, split or data_cfg.val_split), data_cfg.mean, data_cfg.std)
+    raw = build_dataset(data_cfg, split or data_cfg.val_split, num_classes)
+    return EvalSampleDataset(raw, data_cfg.mean, data_cfg.std)
 
 
 def build_eval_loader(
@@ -160,6 +189,7 @@ def build_eval_loader(
     batch_size: int = 1,
     num_workers: int | None = None,
     dataset: Dataset | None = None,
+    num_classes: int | None = None,
 ) -> DataLoader:
     """A deterministic evaluation loader; under torch.distributed each process gets a disjoint shard.
 
@@ -169,8 +199,9 @@ def build_eval_loader(
         batch_size: images per batch (images of one batch must share a size).
         num_workers: loader workers, default `data_cfg.num_workers`.
         dataset: use this dataset instead of building one (e.g. a prebuilt `EvalSampleDataset`).
+        num_classes: the model's class count (checks a folder dataset's labels; see `build_dataset`).
     """
-    dataset = dataset if dataset is not None else build_eval_dataset(data_cfg, split)
+    dataset = dataset if dataset is not None else build_eval_dataset(data_cfg, split, num_classes)
     sampler = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = ShardSampler(len(dataset), torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -185,3 +216,20 @@ def build_eval_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
+
+
+def dataset_class_count(data_cfg: DataConfig, dataset: Dataset | None = None) -> int | None:
+    """Classes the dataset evaluates: its own table for Cityscapes and Mapillary, None for a folder dataset (whose
+    label files hold the model's own class ids)."""
+    if data_cfg.dataset == "folder":
+        return None
+    if dataset is not None and hasattr(getattr(dataset, "base", None), "num_classes"):
+        return int(dataset.base.num_classes)
+    from attnseg.data.labels import CITYSCAPES_CLASSES
+
+    classes = getattr(data_cfg, "mapillary_classes", "cityscapes")
+    if data_cfg.dataset == "mapillary" and classes != "cityscapes":
+        from attnseg.data.mapillary import VISTAS_NUM_CLASSES
+
+        return VISTAS_NUM_CLASSES
+    return len(CITYSCAPES_CLASSES)

@@ -152,16 +152,12 @@ def read_export_sidecar(path: str | os.PathLike) -> ExportSidecar:
 
 def default_checkpoint_info(num_classes: int) -> dict[str, Any]:
     """Class names, palette and ImageNet mean/std for a model without a checkpoint sidecar (random weights)."""
+    from attnseg.data.labels import fallback_class_table
     from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
-    from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
-    if num_classes == len(CITYSCAPES_CLASSES):
-        names, palette = list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE.astype(int).tolist()
-    else:
-        names = [str(i) for i in range(num_classes)]
-        gray = np.linspace(0, 255, max(num_classes, 2)).astype(int)[:num_classes]
-        palette = [[int(v)] * 3 for v in gray]
-    return {"class_names": names, "palette": palette, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    names, palette = fallback_class_table(num_classes)
+    return {"class_names": names, "palette": palette.astype(int).tolist(), "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Config sections -> training objects: datasets + transforms + sampler + loader, criterion, optimiser.
+"""Config sections -> the training loader: datasets (from the one switch in `attnseg.config.build`), transforms,
+class centroids, epoch planner, sampler.
 
-Only the CLI (and tests) call these; the engine itself takes explicit objects.
+Only build code (`attnseg.config.training`) and tests call these; the engine itself takes explicit objects.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from attnseg.config.schema import DataConfig, TrainConfig
@@ -29,7 +29,6 @@ from attnseg.data.sampling import (
 )
 from attnseg.data.transforms import Compose, build_train_transform
 from attnseg.engine import distributed
-from attnseg.engine.optim import build_adamw, build_sgd, parameter_groups
 from attnseg.errors import ConfigError, DatasetError
 
 
@@ -55,32 +54,31 @@ def train_transform_from_config(data_cfg: DataConfig) -> Compose:
     )
 
 
-def build_train_datasets(data_cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
-    """(fine training set, coarse/autolabelled set or None) as raw samples (uint8 image, trainId label)."""
-    if data_cfg.dataset == "cityscapes":
-        from attnseg.data.cityscapes import CityscapesDataset
+def build_train_datasets(data_cfg: DataConfig, num_classes: int | None = None) -> tuple[Dataset, Dataset | None]:
+    """(fine training set, coarse/autolabelled set or None) as raw samples (uint8 image, trainId label).
 
-        fine = CityscapesDataset(data_cfg.root, data_cfg.train_split, mode="fine")
-        coarse = None
-        if data_cfg.coarse != "none":
-            options = {}
-            if data_cfg.coarse == "autolabelled":
-                options = dict(autolabel_min_confidence=data_cfg.autolabel_min_confidence,
-                               autolabel_gtcoarse_classes=data_cfg.autolabel_gtcoarse_classes,
-                               autolabel_mask_border=data_cfg.autolabel_mask_border)
-            coarse = CityscapesDataset(data_cfg.root, "train_extra", mode=data_cfg.coarse, **options)
-        return fine, coarse
-    if data_cfg.coarse != "none":
+    Args:
+        data_cfg: data section.
+        num_classes: the model's class count (checks a folder dataset's labels; see `build_dataset`).
+
+    Raises:
+        ConfigError: coarse data asked for a dataset kind other than Cityscapes, or an unknown kind.
+    """
+    from attnseg.config.build import build_dataset
+
+    if data_cfg.coarse != "none" and data_cfg.dataset != "cityscapes":
         raise ConfigError(f"data.coarse={data_cfg.coarse!r} exists only for data.dataset=cityscapes")
-    if data_cfg.dataset == "mapillary":
-        from attnseg.data.mapillary import MapillaryDataset
+    fine = build_dataset(data_cfg, data_cfg.train_split, num_classes)
+    if data_cfg.coarse == "none":
+        return fine, None
+    from attnseg.data.cityscapes import CityscapesDataset
 
-        return MapillaryDataset(data_cfg.root, data_cfg.train_split), None
-    if data_cfg.dataset == "folder":
-        from attnseg.data.folder import FolderDataset
-
-        return FolderDataset(data_cfg.root, data_cfg.train_split), None
-    raise ConfigError(f"data.dataset={data_cfg.dataset!r} is not one of cityscapes, mapillary, folder")
+    options = {}
+    if data_cfg.coarse == "autolabelled":
+        options = dict(autolabel_min_confidence=data_cfg.autolabel_min_confidence,
+                       autolabel_gtcoarse_classes=data_cfg.autolabel_gtcoarse_classes,
+                       autolabel_mask_border=data_cfg.autolabel_mask_border)  # fmt: skip
+    return fine, CityscapesDataset(data_cfg.root, "train_extra", mode=data_cfg.coarse, **options)
 
 
 def dataset_label_files(dataset: Any) -> list[str] | None:
@@ -163,7 +161,7 @@ def build_train_data(
         progress: progress bar for the one-time centroid computation.
     """
     if fine is None:
-        fine, coarse = build_train_datasets(data_cfg)
+        fine, coarse = build_train_datasets(data_cfg, num_classes)
     if len(fine) == 0:
         raise DatasetError(f"the training split {data_cfg.train_split!r} under {data_cfg.root} holds no images")
     use_coarse = coarse is not None and data_cfg.coarse != "none"
@@ -208,34 +206,3 @@ def build_train_data(
         generator=torch.Generator().manual_seed(train_cfg.seed),
     )
     return TrainData(loader=loader, sampler=sampler, dataset=dataset)
-
-
-def build_criterion_from_config(train_cfg: TrainConfig, num_classes: int, ignore_index: int = 255) -> nn.Module:
-    """The weighted loss terms of `train_cfg.losses` (see `attnseg.losses.build_criterion`)."""
-    from attnseg.losses import build_criterion
-
-    return build_criterion(train_cfg.losses, num_classes=num_classes, ignore_index=ignore_index)
-
-
-def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay on every parameter (both references), or AdamW."""
-    groups = parameter_groups(model, train_cfg.weight_decay, train_cfg.no_decay_norm_and_bias)
-    if train_cfg.optimizer == "adamw":
-        return build_adamw(groups, lr=train_cfg.lr)
-    return build_sgd(groups, lr=train_cfg.lr, momentum=train_cfg.momentum)
-
-
-def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
-    """Seeds Python, NumPy and torch (offset by rank so dropout differs per process) and sets determinism."""
-    import random
-
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + rank)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
