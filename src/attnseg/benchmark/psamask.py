@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-import attnseg.models.heads.psa as psa_module
 from attnseg.benchmark.rates import median_seconds
 from attnseg.models import create_model
+from attnseg.models.heads import psa as psa_module
 from attnseg.models.ops.psamask import COLLECT, DISTRIBUTE, psa_mask, psa_mask_gather
 
 REFERENCE_LAYOUTS = Path(__file__).resolve().parents[3] / "tests" / "models"
