@@ -145,20 +145,3 @@ def test_threads_follow_the_free_cores():
     assert choose_threads(2, 2, 2.0).threads == 1  # never below one
     assert choose_threads(None, 8, 3.0).threads == 5
     assert choose_threads(4, 2, None).threads == 2  # never more than the affinity mask allows
-
-
-def test_benchmark_leaves_out_or_marks_emulated_routes(monkeypatch):
-    import attnseg.hardware as hardware
-    from attnseg.cli.benchmark import native_routes
-
-    routes = ["torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16"]
-    monkeypatch.setattr(hardware, "native_bf16_here", lambda: (False, "no AVX-512 bf16 or AMX on this CPU"))
-    lines: list[str] = []
-    kept, marked = native_routes(routes, explicit=False, log=lines.append)
-    assert kept == ["torch-fp32", "openvino-fp32"] and marked == {}
-    assert lines[0].startswith("skipping route torch-bf16: bf16 autocast is emulated")
-    assert "compiles to fp32" in lines[1]
-    kept, marked = native_routes(routes, explicit=True, log=lines.append)  # asked for by name: run, marked
-    assert kept == routes and set(marked) == {"torch-bf16", "openvino-bf16"}
-    monkeypatch.setattr(hardware, "native_bf16_here", lambda: (True, "CPU has AMX bf16"))
-    assert native_routes(routes, explicit=False, log=lines.append) == (routes, {})

@@ -1,7 +1,6 @@
-"""CLI: attnseg export, predict/eval --backend onnxruntime equal to PyTorch, attnseg benchmark end to end."""
+"""CLI: attnseg export, predict/eval --backend onnxruntime equal to PyTorch."""
 
 import json
-import sys
 
 import cv2
 import numpy as np
@@ -96,49 +95,3 @@ def test_eval_with_onnxruntime_backend_equals_pytorch(work, tmp_path, capsys):
 def test_export_rejects_unknown_weights(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.onnx")]) != 0
     assert "neither a checkpoint" in capsys.readouterr().err
-
-
-def test_benchmark_end_to_end_two_routes(tmp_path, capsys):
-    table = tmp_path / "table.txt"
-    code = main(["benchmark", "psanet_r18_narrow", "--size", "32", "64", "--routes", "torch-fp32,onnxruntime",
-                 "--runs", "2", "--warmup", "0", "--out", str(table)])
-    out = capsys.readouterr().out
-    assert code == 0
-    lines = out.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("torch-fp32", "onnxruntime"))}
-    assert set(rows) == {"torch-fp32", "onnxruntime"}
-    assert rows["torch-fp32"][5] == "1.00x" and float(rows["torch-fp32"][10]) == 100.0
-    assert float(rows["onnxruntime"][10]) == 100.0  # fp32 ONNX Runtime labels equal fp32 eager
-    assert float(rows["onnxruntime"][8]) > 0.05  # peak resident memory in GB was measured
-    assert "GFLOP per call" in out and "speed target" in out and table.read_text().strip() == out.strip()
-    assert "machine: " in out and "TFLOP/s (" in out  # CPU named; each matmul rate names the engine that reached it
-
-
-def test_machine_matmul_rate_takes_the_best_engine(monkeypatch):
-    import attnseg.benchmark as bench
-
-    monkeypatch.setattr(bench, "matmul_rate", lambda dtype, threads=2: 1.0e11)
-    monkeypatch.setattr(bench, "openvino_matmul_rate", lambda dtype, threads=2: 3.0e11)
-    assert bench.machine_matmul_rate("bf16") == (3.0e11, "OpenVINO")
-    monkeypatch.setattr(bench, "openvino_matmul_rate", lambda dtype, threads=2: None)  # OpenVINO not installed
-    assert bench.machine_matmul_rate("bf16") == (1.0e11, "torch.mm")
-    assert bench.cpu_description()  # model name and matrix ISA, e.g. "AMD EPYC (AVX-512 bf16, no AMX)"
-
-
-def test_benchmark_routes_without_their_packages(monkeypatch, capsys):
-    import importlib.util
-
-    from attnseg.cli.benchmark import installed_routes
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))  # fmt: skip
-    routes = ["torch-fp32", "onnxruntime", "openvino-bf16"]
-    messages = []
-    # By default a route that cannot run is left out, with a line naming the extra that would enable it
-    assert installed_routes(routes, explicit=False, log=messages.append) == ["torch-fp32", "onnxruntime"]
-    assert messages == [messages[0]] and "openvino-bf16" in messages[0] and "attnseg[openvino]" in messages[0]
-    # Asked for by name, it is a one-line error from the CLI, not a traceback from the export child process
-    monkeypatch.setitem(sys.modules, "openvino", None)
-    code = main(["benchmark", "psanet_r18_narrow", "--size", "32", "64", "--routes", "torch-fp32,openvino-bf16"])
-    assert code == 2 and "attnseg[openvino]" in capsys.readouterr().err

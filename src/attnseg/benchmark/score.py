@@ -3,8 +3,8 @@
 Generates (or reuses) a synthetic gtFine split and degraded labelId predictions, checks that both scorers give the
 same numbers, then prints the median of a few timed runs of each and the speed-ups::
 
-    python benchmarks/bench_score.py                           # 20 images at 1024x2048, 3 runs each
-    python benchmarks/bench_score.py --images 5 --height 256 --width 512 --data /tmp/bench_score
+    python -m attnseg.benchmark.score                           # 20 images at 1024x2048, 3 runs each
+    python -m attnseg.benchmark.score --images 5 --height 256 --width 512 --data /tmp/bench_score
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import argparse
 import glob
 import math
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from attnseg.benchmark.rates import median_seconds
 from attnseg.data.synthetic import make_synthetic_dataset
 from attnseg.metrics.cityscapes import evaluate_folder
 
@@ -86,15 +85,6 @@ def max_difference(ours: dict, theirs: dict) -> float:
     return worst
 
 
-def median_time(function, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20)
@@ -116,11 +106,11 @@ def main() -> None:
 
     official_name = "cityscapesscripts evalPixelLevelSemanticLabeling"
     rows = [
-        (official_name, median_time(lambda: run_official(root, pred_dir), args.runs)),
-        ("attnseg score, 1 thread", median_time(lambda: evaluate_folder(root, pred_dir, workers=1), args.runs)),
+        (official_name, median_seconds(lambda: run_official(root, pred_dir), args.runs)),
+        ("attnseg score, 1 thread", median_seconds(lambda: evaluate_folder(root, pred_dir, workers=1), args.runs)),
         (f"attnseg score, {args.workers} threads",
-         median_time(lambda: evaluate_folder(root, pred_dir, workers=args.workers), args.runs)),
-        ("(PNG decoding alone, 1 thread)", median_time(lambda: decode_all(root, pred_dir), args.runs)),
+         median_seconds(lambda: evaluate_folder(root, pred_dir, workers=args.workers), args.runs)),
+        ("(PNG decoding alone, 1 thread)", median_seconds(lambda: decode_all(root, pred_dir), args.runs)),
     ]  # fmt: skip
     reference = rows[0][1]
     print(f"\n{args.images} images {args.height}x{args.width}, median of {args.runs} runs, "

@@ -5,7 +5,7 @@ decode (cv2 PNG image + label), normalise, model forward (narrow model; its logi
 (`scores_to_labels`), confusion update, dump (colour + overlay + labelIds PNGs via `PredictionDumper`). A second pass
 runs the real `evaluate_model` loop with the dumper to report end-to-end images/s. Prints medians and shares.
 
-    python benchmarks/bench_eval.py [--images 3] [--model ocr_hrnet_w18_small] [--precision fp32|bf16]
+    python -m attnseg.benchmark.eval [--images 3] [--model ocr_hrnet_w18_small] [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from attnseg.data.labels import CITYSCAPES_PALETTE, train_id_to_id
+from attnseg.data.statistics import IMAGENET_MEAN as MEAN
+from attnseg.data.statistics import IMAGENET_STD as STD
 from attnseg.inference.dump import PredictionDumper
 from attnseg.inference.evaluate import InferenceRecipe, evaluate_model, inference_state, scores_to_labels
 from attnseg.inference.preprocess import normalize_image
 from attnseg.metrics.confusion import ConfusionMatrix
 from attnseg.models import create_model
-
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 def write_images(folder: Path, count: int, height: int, width: int) -> list[tuple[Path, Path]]:

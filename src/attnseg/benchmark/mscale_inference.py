@@ -1,11 +1,11 @@
 """Inference time and peak memory of MscaleOCR, single-scale vs hierarchical multi-scale.
 
-Each case runs in a fresh child process so that its peak RSS (`resource.getrusage`) belongs to that case alone;
+Each case runs in a fresh spawned child process so that its peak RSS (``VmHWM``) belongs to that case alone;
 the table reports the median wall time over `--runs` forwards and the peak RSS growth over the process after the
 model was built (activations + outputs), measured in one invocation so the ratios compare like with like.
 
-    python benchmarks/bench_mscale_inference.py                      # W48, 1024x2048, 1.0 and (0.5, 1.0, 2.0)
-    python benchmarks/bench_mscale_inference.py --height 128 --width 256 --runs 2   # quick check
+    python -m attnseg.benchmark.mscale_inference                      # W48, 1024x2048, 1.0 and (0.5, 1.0, 2.0)
+    python -m attnseg.benchmark.mscale_inference --height 128 --width 256 --runs 2   # quick check
 
 At full size on 2 CPU cores expect minutes (PERF_NOTES: ~11 s single-scale, ~220 s three-scale fp32).
 """
@@ -13,54 +13,50 @@ At full size on 2 CPU cores expect minutes (PERF_NOTES: ~11 s single-scale, ~220
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from attnseg.benchmark.children import run_in_child
+from attnseg.benchmark.memory import current_rss_bytes, peak_rss_bytes
 
 CASES: dict[str, tuple[float, ...]] = {"single": (1.0,), "ms2": (0.5, 1.0), "ms3": (0.5, 1.0, 2.0)}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def run_child(args: argparse.Namespace) -> dict:
+def measure_case(case: str, model_name: str, num_classes: int, height: int, width: int, runs: int, warmup: int,
+                 threads: int, bf16: bool, keep_scale_outputs: bool) -> dict:
+    """Runs in the child: forward times of one case and the process's resident memory before and at its peak."""
     import torch
 
     from attnseg.models import create_model
 
-    torch.set_num_threads(args.threads)
-    scales = CASES[args.child]
-    model = create_model(args.model, num_classes=args.num_classes, eval_scales=scales).eval()
-    model.keep_scale_outputs = args.keep_scale_outputs
-    images = torch.randn(1, 3, args.height, args.width)
-    baseline = _rss_bytes()
+    torch.set_num_threads(threads)
+    scales = CASES[case]
+    model = create_model(model_name, num_classes=num_classes, eval_scales=scales).eval()
+    model.keep_scale_outputs = keep_scale_outputs
+    images = torch.randn(1, 3, height, width)
+    baseline = current_rss_bytes()
     times = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-        for _ in range(args.warmup):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(warmup):
             model(images)
-        for _ in range(args.runs):
+        for _ in range(runs):
             start = time.perf_counter()
             out = model(images)
             times.append(time.perf_counter() - start)
             del out
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-    return {"case": args.child, "scales": list(scales), "times": times, "peak_rss": peak, "baseline_rss": baseline}
+    return {"case": case, "scales": list(scales), "times": times, "peak_rss": peak_rss_bytes(),
+            "baseline_rss": baseline}
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", case, "--model", args.model, "--height", str(args.height),
-               "--width", str(args.width), "--runs", str(args.runs), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--num-classes", str(args.num_classes)]  # fmt: skip
-    command += ["--bf16"] if args.bf16 else []
-    command += ["--keep-scale-outputs"] if args.keep_scale_outputs else []
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """`measure_case` in a fresh process, so that its memory high-water mark is this case's alone."""
+    result = run_in_child(measure_case, case=case, model_name=args.model, num_classes=args.num_classes,
+                          height=args.height, width=args.width, runs=args.runs, warmup=args.warmup,
+                          threads=args.threads, bf16=args.bf16, keep_scale_outputs=args.keep_scale_outputs)  # fmt: skip
+    if "error" in result:
+        raise RuntimeError(f"case {case} failed: {result['error']}")
+    return result
 
 
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
@@ -91,15 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default="single,ms3", help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (default fp32)")
     parser.add_argument("--keep-scale-outputs", action="store_true", help="also keep per-scale logits (more memory)")
-    parser.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(run_child(args)))
-        return 0
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:

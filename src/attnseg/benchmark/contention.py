@@ -1,6 +1,6 @@
 """The demo's training step and an evaluation pass on an idle CPU and beside one CPU-bound process.
 
-Each measurement runs in a fresh child process (OpenMP reads its settings when torch loads), in two ways:
+Each measurement runs in a fresh spawned child process (OpenMP reads its settings when torch loads), in two ways:
 
 - ``fixed``: what the demo did before issue #16: ``--threads`` threads whatever the load, OpenMP's default wait
   policy (threads spin at barriers for a while before sleeping).
@@ -11,15 +11,14 @@ The busy process is a ``while True`` Python loop started before the "busy" rows 
 error). Prints one table of medians and the busy/idle ratio per way; the target is a ratio <= 2.5 for ``planned``.
 Run it on an otherwise idle machine: other work would count as "idle" load.
 
-    python benchmarks/bench_contention.py                      # the demo's recipe, 8 steps + 5 passes per row
-    python benchmarks/bench_contention.py --steps 3 --passes 2  # a quick check that it works
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_contention.py   # emulated AVX2
+    python -m attnseg.benchmark.contention                      # the demo's recipe, 8 steps + 5 passes per row
+    python -m attnseg.benchmark.contention --steps 3 --passes 2  # a quick check that it works
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m attnseg.benchmark.contention   # emulated AVX2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,12 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from attnseg.benchmark.children import run_in_child
+
+REPO = Path(__file__).resolve().parents[3]  # the checkout: configs/ lives beside src/
 WAYS = ("fixed", "planned")
 TARGET_RATIO = 2.5
 
 
-def worker(args: argparse.Namespace) -> dict:
+def worker(way: str, config: str, threads: int, steps: int, passes: int, height: int, width: int) -> dict:
     """Runs in the child: the demo's step (random batch) and eval passes; returns medians and what was chosen."""
     import torch
 
@@ -42,23 +43,25 @@ def worker(args: argparse.Namespace) -> dict:
     from attnseg.config.training import build_criterion_from_config, build_optimizer
     from attnseg.hardware import plan_threads, resolve_experiment_precision
 
-    if args.way == "planned":
-        plan = plan_threads(args.threads)
-        threads, seen = plan.threads, plan.reason
+    if way == "planned":
+        plan = plan_threads(threads)
+        chosen, seen = plan.threads, plan.reason
     else:
-        threads, seen = args.threads, f"threads {args.threads} (fixed)"
-    torch.set_num_threads(threads)
-    experiment = resolve_experiment_precision(load_config(args.config), "cpu", log=lambda line: None)
+        chosen, seen = threads, f"threads {threads} (fixed)"
+    torch.set_num_threads(chosen)
+    experiment = resolve_experiment_precision(load_config(config), "cpu", log=lambda line: None)
     torch.manual_seed(0)
     model = build_model(experiment.model).to(memory_format=torch.channels_last)
     criterion = build_criterion_from_config(experiment.train, experiment.model.num_classes)
     optimizer = build_optimizer(model, experiment.train)
-    steps = [measure_train_step(model, criterion, optimizer, experiment.train.batch_size, experiment.data.crop_size,
-                                experiment.model.num_classes, experiment.train.precision, True, steps=1)
-             for _ in range(args.steps)]  # fmt: skip
-    passes = eval_passes(model, args.height, args.width, experiment.eval.precision, args.passes)
-    return {"step": statistics.median(steps), "eval": statistics.median(passes), "threads": threads, "seen": seen,
-            "precision": experiment.train.precision, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
+    step_times = [measure_train_step(model, criterion, optimizer, experiment.train.batch_size,
+                                     experiment.data.crop_size, experiment.model.num_classes,
+                                     experiment.train.precision, True, steps=1)
+                  for _ in range(steps)]  # fmt: skip
+    eval_times = eval_passes(model, height, width, experiment.eval.precision, passes)
+    return {"step": statistics.median(step_times), "eval": statistics.median(eval_times), "threads": chosen,
+            "seen": seen, "precision": experiment.train.precision,
+            "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}  # fmt: skip
 
 
 def eval_passes(model, height: int, width: int, precision: str, count: int) -> list[float]:
@@ -77,15 +80,12 @@ def eval_passes(model, height: int, width: int, precision: str, count: int) -> l
 
 
 def run_child(args: argparse.Namespace, way: str) -> dict:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)  # both ways: OpenMP's default wait policy (passive measured slower)
-    command = [sys.executable, __file__, "--worker", "--way", way, "--config", str(args.config), "--threads",
-               str(args.threads), "--steps", str(args.steps), "--passes", str(args.passes), "--height",
-               str(args.height), "--width", str(args.width)]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker ({way}) failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """`worker` in a fresh process (it inherits this environment, from which main removed OMP_WAIT_POLICY)."""
+    result = run_in_child(worker, args.timeout, way=way, config=str(args.config), threads=args.threads,
+                          steps=args.steps, passes=args.passes, height=args.height, width=args.width)  # fmt: skip
+    if "error" in result:
+        raise RuntimeError(f"worker ({way}) failed: {result['error']}")
+    return result
 
 
 def start_busy_process() -> subprocess.Popen:
@@ -121,12 +121,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma list of {', '.join(WAYS)}")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--way", choices=WAYS, default="planned", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return 0
+    os.environ.pop("OMP_WAIT_POLICY", None)  # both ways: OpenMP's default wait policy (passive measured slower)
     ways = [way for way in args.ways.split(",") if way in WAYS]
     results: dict[tuple[str, str], dict] = {}
     for way in ways:

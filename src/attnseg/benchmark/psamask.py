@@ -6,13 +6,13 @@ Grids (59x59 window, shrink factor 2 at output stride 8):
   32x64  -> 512x1024 input (PSANet_paddle's training crop)
   64x128 -> 1024x2048 input (full Cityscapes frame)
 
-Run from the repository root: ``python benchmarks/bench_psamask.py [--repeats 5] [--threads 2] [--skip-model]``.
+Run from a checkout (the loop lives in tests/models/): ``python -m attnseg.benchmark.psamask [--repeats 5]
+[--threads 2] [--skip-model]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -20,45 +20,48 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
-from psanet_reference_layouts import psa_mask_loop  # noqa: E402
+from attnseg.benchmark.rates import median_seconds
+from attnseg.models import create_model
+from attnseg.models.heads import psa as psa_module
+from attnseg.models.ops.psamask import COLLECT, DISTRIBUTE, psa_mask, psa_mask_gather
 
-import attnseg.models.heads.psa as psa_module  # noqa: E402
-from attnseg.models import create_model  # noqa: E402
-from attnseg.models.ops.psamask import COLLECT, DISTRIBUTE, psa_mask, psa_mask_gather  # noqa: E402
+REFERENCE_LAYOUTS = Path(__file__).resolve().parents[3] / "tests" / "models"
 
 MASK = (59, 59)
 GRIDS = {"32x64 (512x1024 input)": (32, 64), "64x128 (1024x2048 input)": (64, 128)}
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocator, first-call overheads)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def reference_loop() -> Callable[[torch.Tensor, int, tuple[int, int]], torch.Tensor]:
+    """The per-pixel loop written like the reference kernels: test code, in the checkout's tests/models/."""
+    if not (REFERENCE_LAYOUTS / "psanet_reference_layouts.py").is_file():
+        raise SystemExit(f"{REFERENCE_LAYOUTS}: not found; run from a checkout of attnseg (the loop is test code)")
+    sys.path.insert(0, str(REFERENCE_LAYOUTS))
+    from psanet_reference_layouts import psa_mask_loop
+
+    return psa_mask_loop
 
 
-def bench_ops(repeats: int) -> None:
+def bench_ops(repeats: int, grids: tuple[str, ...] = tuple(GRIDS)) -> None:
+    """Print the op table for the grids named (keys of `GRIDS`)."""
+    psa_mask_loop = reference_loop()
     print(f"\npsamask, window {MASK[0]}x{MASK[1]}, batch 1, fp32; median of {repeats} runs (loop: of 2)")
     header = f"{'grid':26s} {'mode':10s} {'ours ms':>9s} {'gather ms':>10s} {'loop ms':>9s} {'loop/ours':>10s} "
     header += f"{'gather/ours':>12s} {'ours fwd+bwd ms':>16s}"
     print(header)
-    for label, (height, width) in GRIDS.items():
+    for label in grids:
+        height, width = GRIDS[label]
         x = torch.randn(1, MASK[0] * MASK[1], height, width)
         for mode, mode_name in ((COLLECT, "collect"), (DISTRIBUTE, "distribute")):
-            ours = median_seconds(lambda: psa_mask(x, mode, MASK), repeats)
-            gather = median_seconds(lambda: psa_mask_gather(x, mode, MASK), repeats)
-            loop = median_seconds(lambda: psa_mask_loop(x, mode, MASK), 2)
+            ours = median_seconds(lambda: psa_mask(x, mode, MASK), repeats, warmup=1)
+            gather = median_seconds(lambda: psa_mask_gather(x, mode, MASK), repeats, warmup=1)
+            loop = median_seconds(lambda: psa_mask_loop(x, mode, MASK), 2, warmup=1)
             leaf = x.clone().requires_grad_()
             grad_out = torch.randn(1, height * width, height, width)
 
             def forward_backward():
                 torch.autograd.grad(psa_mask(leaf, mode, MASK), leaf, grad_out)
 
-            both = median_seconds(forward_backward, repeats)
+            both = median_seconds(forward_backward, repeats, warmup=1)
             print(
                 f"{label:26s} {mode_name:10s} {ours * 1e3:9.1f} {gather * 1e3:10.1f} {loop * 1e3:9.1f} "
                 f"{loop / ours:10.1f} {gather / ours:12.2f} {both * 1e3:16.1f}"
@@ -97,10 +100,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-model", action="store_true", help="only the op table")
+    names = [label.split()[0] for label in GRIDS]
+    parser.add_argument("--grids", default=",".join(names), help=f"op-table grids, comma list of {', '.join(names)}")
     args = parser.parse_args()
+    wanted = [name.strip() for name in args.grids.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown or not wanted:
+        parser.error(f"--grids {args.grids!r}: choose from {', '.join(names)}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_ops(args.repeats)
+    bench_ops(args.repeats, tuple(label for label in GRIDS if label.split()[0] in wanted))
     if not args.skip_model:
         bench_model_share()
 

@@ -4,30 +4,30 @@ channels-last (`train.channels_last`, the default of `attnseg train`).
 One step = forward at scales 0.5 and 1.0, the NVIDIA loss layout (CE version: aux 0.4, joint 1.0, 0.5x and 1.0x
 0.05 each), backward, SGD step. Prints medians over --repeats steps (after --warmup) and the bf16/fp32 ratio,
 all measured in this one run. Peak memory is the process's peak resident set size (ru_maxrss) after each
-precision's runs, so run one precision per process (--precision) when the absolute peak matters.
+precision's runs (``VmHWM``), so run one precision per process (--precision) when the absolute peak matters.
 
-    python benchmarks/bench_train_step.py                        # full size: w48, 512x1024, batch 1
-    python benchmarks/bench_train_step.py --model mscale_ocr_hrnet_w18_small_v1 --height 128 --width 256 --batch 8
+    python -m attnseg.benchmark.train_step                        # full size: w48, 512x1024, batch 1
+    python -m attnseg.benchmark.train_step --model mscale_ocr_hrnet_w18_small_v1 --height 128 --width 256 --batch 8
                                                                  # the demo's model and step
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
 
 import torch
 
+from attnseg.benchmark.memory import peak_rss_bytes
 from attnseg.engine.trainer import autocast_context
 from attnseg.losses import CrossEntropyLoss, LossTerm, SegmentationCriterion
 from attnseg.models import create_model
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return peak_rss_bytes() / 2**30
 
 
 def criterion() -> SegmentationCriterion:

@@ -1,0 +1,118 @@
+"""This machine: measured matmul rates (torch.mm and OpenVINO), its CPU class, its load, and the routes whose precision
+it only emulates; plus the timing helpers the measurement scripts share.
+
+The rates are the yardstick of the benchmark table's "%bf16" column: achieved FLOP/s of a route over the best square
+matmul this machine runs at the same thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from attnseg.benchmark.routes import ROUTES
+
+
+def best_seconds(call: Callable[[], Any], seconds: float, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Shortest of repeated timings of `call` (after one untimed call) over about `seconds`."""
+    call()
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = clock()
+        call()
+        best = min(best, clock() - start)
+    return max(best, 1e-9)
+
+
+def median_seconds(call: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
+    """Median wall time of `repeats` calls of `call`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float:
+    """Measured FLOP/s of square `torch.mm` in ``"fp32"`` or ``"bf16"`` (best of repeated timings)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    # One thread: CPU time, which other processes on the machine do not inflate; several: wall time.
+    clock = time.process_time if threads == 1 else time.perf_counter
+    return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), seconds, clock)
+
+
+def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
+    """Measured FLOP/s of a square MatMul compiled by OpenVINO (``"fp32"`` or ``"bf16"`` precision hint), or None
+    when OpenVINO is not installed. On some CPUs OpenVINO's kernels beat `torch.mm`; the machine's rate is the
+    better of the two."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    left = ops.parameter([size, size], np.float32)
+    right = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(left, right, False, False)], [left])
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype_name == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    values = rng.standard_normal((size, size), dtype=np.float32)
+    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds)
+
+
+def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
+    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``)."""
+    rates = {"torch.mm": matmul_rate(dtype_name, threads=threads)}
+    openvino_rate = openvino_matmul_rate(dtype_name, threads=threads)
+    if openvino_rate is not None:
+        rates["OpenVINO"] = openvino_rate
+    engine = max(rates, key=rates.get)
+    return rates[engine], engine
+
+
+def cpu_description() -> str:
+    """CPU model name and its class (AMX / AVX-512 bf16 / AVX-512 / AVX2 only), from /proc/cpuinfo where available:
+    the README's speed tables say which class each row was measured on."""
+    from attnseg.hardware import cpu_facts
+
+    return cpu_facts().describe() or platform.processor() or platform.machine()
+
+
+def load_average() -> float:
+    """1-minute load average of the machine (nan where the OS does not report it)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def emulated_routes(routes: Sequence[str]) -> dict[str, str]:
+    """Routes whose precision this CPU does not run natively, with the reason (`attnseg.hardware`'s decision):
+    torch's bf16 autocast is emulated at several times the fp32 cost, OpenVINO's bf16 hint compiles to fp32."""
+    bf16_routes = [route for route in routes if ROUTES[route]["precision"] == "bf16"]
+    if not bf16_routes:
+        return {}
+    from attnseg.hardware import native_bf16_here
+
+    native, seen = native_bf16_here()
+    if native:
+        return {}
+    return {route: (f"OpenVINO's bf16 hint compiles to fp32 on this CPU ({seen}): it would time openvino-fp32 again"
+                    if ROUTES[route]["backend"] == "openvino" else f"bf16 autocast is emulated on this CPU ({seen})")
+            for route in bf16_routes}  # fmt: skip

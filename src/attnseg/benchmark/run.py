@@ -1,0 +1,178 @@
+"""`run_benchmark`: one model, one input size and scale list, every asked-for route in its own child process.
+
+The model is saved once as a native checkpoint (random weights calibrated on the benchmark image, when a model name
+is given) so that every route runs the same weights; ONNX/OpenVINO files are exported from it in a child process;
+then each route runs in a fresh child (`attnseg.benchmark.routes.route_worker`), its labels are compared with fp32
+eager's, and for a multi-scale spec the largest scale's forward alone is measured for the memory target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnseg.benchmark.calibration import benchmark_image, calibrate_batchnorm
+from attnseg.benchmark.children import run_in_child
+from attnseg.benchmark.flops import count_flops
+from attnseg.benchmark.rates import load_average, machine_matmul_rate
+from attnseg.benchmark.routes import REFERENCE_ROUTE, ROUTES, export_worker, route_worker
+from attnseg.benchmark.spec import BenchmarkReport, BenchmarkSpec, RouteResult
+
+
+def _prepare_checkpoint(spec: BenchmarkSpec, folder: Path) -> tuple[str, Any]:
+    """Checkpoint path used by every child, and its sidecar."""
+    import torch
+
+    from attnseg.export.onnx import default_checkpoint_info
+    from attnseg.inference.predictor import resolve_weights
+    from attnseg.models import create_model, list_models
+    from attnseg.weights import read_sidecar, save_checkpoint
+
+    if spec.model in list_models() and not Path(spec.model).exists():
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.model)
+        # On the benchmark image itself at its size: a random deep net is chaotic, statistics do not transfer.
+        calibrate_batchnorm(model, benchmark_image(*spec.input_size, spec.seed))
+        num_classes = int(getattr(model, "num_classes", 0) or 19)
+        info = default_checkpoint_info(num_classes)
+        base = folder / "weights"
+        save_checkpoint(base, model, spec.model, {}, info["class_names"], info["palette"], info["mean"], info["std"],
+                        extra={"note": "random weights for benchmarking"})  # fmt: skip
+        del model
+        return str(base), read_sidecar(base)
+    base = resolve_weights(spec.model)
+    return str(base), read_sidecar(base)
+
+
+def _export(spec: BenchmarkSpec, routes: Sequence[str], checkpoint: str, folder: Path, shape: tuple[int, ...],
+            log: Callable[[str], None]) -> tuple[dict[str, str], float | None, bool | None]:
+    """(exported files by format, export seconds, whether the ONNX graph is dynamic); nothing for torch-only runs."""
+    if all(ROUTES[r]["backend"] == "torch" for r in routes):
+        return {}, None, None
+    want_openvino = any(ROUTES[r]["backend"] == "openvino" for r in routes)
+    log("exporting ONNX" + (" + OpenVINO" if want_openvino else ""))
+    exported = run_in_child(export_worker, checkpoint=checkpoint, folder=str(folder), shape=shape,
+                            scales=spec.scales, threads=spec.threads, want_openvino=want_openvino)  # fmt: skip
+    if "error" in exported:
+        raise RuntimeError(f"export failed: {exported['error']}")
+    seconds = exported.pop("seconds")
+    dynamic = exported.pop("dynamic")
+    return exported, seconds, dynamic
+
+
+def _run_route(spec: BenchmarkSpec, route: str, checkpoint: str, files: dict[str, str], folder: Path,
+               log: Callable[[str], None]) -> RouteResult:
+    slow = route in spec.slow_routes and spec.slow_runs is not None
+    runs, warmup = (spec.slow_runs, 0) if slow else (spec.runs, spec.warmup)
+    if ROUTES[route].get("compile") or ROUTES[route]["backend"] == "openvino":
+        warmup = max(warmup, 1)  # the first call compiles
+    log(f"route {route}: {warmup} warm-up + {runs} timed runs")
+    outcome = run_in_child(route_worker, route=route, checkpoint=checkpoint, files=files,
+                           images_path=str(folder / "images.npy"), labels_path=str(folder / f"{route}.npy"),
+                           scales=spec.scales, runs=runs, warmup=warmup, threads=spec.threads)  # fmt: skip
+    result = RouteResult(route)
+    if "error" in outcome:
+        result.error = outcome["error"]
+        log(f"route {route} failed: {result.error}")
+        return result
+    result.times, result.first_call = outcome["times"], outcome["first_call"]
+    result.cpu_times = outcome.get("cpu_times", [])
+    result.peak_bytes, result.added_bytes = outcome["peak_bytes"], outcome["added_bytes"]
+    log(f"route {route}: median {result.median:.3f} s")
+    return result
+
+
+def _set_agreement(results: list[RouteResult], folder: Path) -> None:
+    """Each route's share of pixels whose label equals fp32 eager's (left None without the reference)."""
+    reference_labels = folder / f"{REFERENCE_ROUTE}.npy"
+    if not reference_labels.is_file():
+        return
+    expected = np.load(reference_labels)
+    for result in results:
+        labels_file = folder / f"{result.route}.npy"
+        if result.error is None and labels_file.is_file():
+            result.agreement = float((np.load(labels_file) == expected).mean())
+
+
+def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: bool = True,
+                  memory_route: str | None = None, work_dir: str | os.PathLike | None = None,
+                  log: Callable[[str], None] = print) -> BenchmarkReport:
+    """Run every route of `routes` (names of `ROUTES`) on `spec`; see `attnseg.benchmark` for the method.
+
+    Args:
+        spec: model, size, scales, repetitions.
+        routes: route names, in table order; ``"torch-fp32"`` is the reference for speed-up and agreement.
+        memory_check: also measure the largest scale's forward alone (multi-scale specs only).
+        memory_route: route of the memory check (default: torch-fp32 if run, else the first route).
+        work_dir: where checkpoint, exports and labels go (default: a temporary folder, removed afterwards).
+        log: progress messages.
+
+    Raises:
+        ValueError: a route name that is not in `ROUTES`.
+        RuntimeError: the export child failed.
+    """
+    from attnseg.inference.preprocess import normalize_image
+
+    unknown = [r for r in routes if r not in ROUTES]
+    if unknown:
+        raise ValueError(f"unknown routes {unknown}; available: {', '.join(ROUTES)}")
+    owned = work_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="attnseg-bench-")) if owned else Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoint, sidecar = _prepare_checkpoint(spec, folder)
+        height, width = spec.input_size
+        shape = (spec.batch, 3, height, width)
+        image = benchmark_image(height, width, spec.seed)
+        images = normalize_image(image, sidecar.mean, sidecar.std)[None].repeat(spec.batch, 1, 1, 1).numpy()
+        np.save(folder / "images.npy", images)
+
+        log(f"counting FLOPs and measuring matmul rates ({spec.threads} threads)")
+        flops = count_flops(sidecar.model, sidecar.model_kwargs, sidecar.num_classes, shape, spec.scales)
+        fp32_rate, fp32_engine = machine_matmul_rate("fp32", threads=spec.threads)
+        bf16_rate, bf16_engine = machine_matmul_rate("bf16", threads=spec.threads)
+
+        load_before = load_average()
+        files, export_seconds, export_dynamic = _export(spec, routes, checkpoint, folder, shape, log)
+        results = [_run_route(spec, route, checkpoint, files, folder, log) for route in routes]
+        _set_agreement(results, folder)
+        check = _memory_check(spec, results, memory_route, checkpoint, folder, images, log) if memory_check else None
+        return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check,
+                               export_dynamic, (load_before, load_average()), (fp32_engine, bf16_engine))
+    finally:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _memory_check(spec: BenchmarkSpec, results: list[RouteResult], memory_route: str | None, checkpoint: str,
+                  folder: Path, images: np.ndarray, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The largest scale's forward alone, single-scale, in the memory route (a torch route that ran); None for a
+    single-scale spec or when no such route ran."""
+    import torch
+
+    from attnseg.models.mscale.fusion import resize_by_scale
+
+    if len(spec.scales) <= 1:
+        return None
+    by_route = {r.route: r for r in results if r.error is None}
+    route = memory_route or (REFERENCE_ROUTE if REFERENCE_ROUTE in by_route else next(iter(by_route), None))
+    if route not in by_route or ROUTES[route]["backend"] != "torch":
+        return None
+    multi, scale = by_route[route], max(spec.scales)
+    resized = resize_by_scale(torch.from_numpy(images), scale).numpy()
+    np.save(folder / "images_largest.npy", resized)
+    log(f"memory check: {route} at scale {scale} alone, input {list(resized.shape)}")
+    outcome = run_in_child(route_worker, route=route, checkpoint=checkpoint, files={},
+                           images_path=str(folder / "images_largest.npy"), labels_path=str(folder / "largest.npy"),
+                           scales=(1.0,), runs=1, warmup=0, threads=spec.threads)  # fmt: skip
+    if "error" in outcome:
+        return {"route": route, "scale": scale, "error": outcome["error"]}
+    return {"route": route, "scale": scale, "multi_added": multi.added_bytes, "single_added": outcome["added_bytes"],
+            "multi_peak": multi.peak_bytes, "single_peak": outcome["peak_bytes"],
+            "single_seconds": outcome["times"][0]}  # fmt: skip

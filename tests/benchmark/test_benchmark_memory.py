@@ -1,0 +1,26 @@
+"""Resident memory probes: the size now, the high-water mark and its reset (Linux /proc)."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from attnseg.benchmark.memory import current_rss_bytes, peak_rss_bytes, reset_peak_memory
+
+
+LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="the probes read Linux's /proc/self")
+
+
+@LINUX_ONLY
+def test_peak_is_at_least_the_current_size():
+    assert peak_rss_bytes() >= current_rss_bytes() > 0
+
+
+@LINUX_ONLY
+def test_an_allocation_raises_the_peak_above_the_reset_baseline():
+    if not reset_peak_memory():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    baseline = current_rss_bytes()
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    assert peak_rss_bytes() - baseline > 48 * 2**20
+    del block

@@ -1,0 +1,34 @@
+"""The machine's matmul rate (best engine), its CPU description, and the shared timing helpers."""
+
+import attnseg.benchmark.rates as rates
+
+
+def test_machine_matmul_rate_takes_the_best_engine(monkeypatch):
+    monkeypatch.setattr(rates, "matmul_rate", lambda dtype, threads=2: 1.0e11)
+    monkeypatch.setattr(rates, "openvino_matmul_rate", lambda dtype, threads=2: 3.0e11)
+    assert rates.machine_matmul_rate("bf16") == (3.0e11, "OpenVINO")
+    monkeypatch.setattr(rates, "openvino_matmul_rate", lambda dtype, threads=2: None)  # OpenVINO not installed
+    assert rates.machine_matmul_rate("bf16") == (1.0e11, "torch.mm")
+    assert rates.cpu_description()  # model name and matrix ISA, e.g. "AMD EPYC (AVX-512 bf16, no AMX)"
+
+
+def test_matmul_rate_is_measured_for_a_small_matrix():
+    assert rates.matmul_rate("fp32", size=64, seconds=0.01, threads=1) > 0
+
+
+def test_timing_helpers_count_their_calls():
+    calls = []
+    assert rates.median_seconds(lambda: calls.append(1), repeats=3, warmup=2) >= 0
+    assert len(calls) == 5  # warm-up calls run but are not timed
+    calls.clear()
+    assert rates.best_seconds(lambda: calls.append(1), seconds=0.0) >= 1e-9
+    assert len(calls) == 2  # one untimed call, then at least one timed one
+
+
+def test_emulated_routes_only_for_bf16_routes(monkeypatch):
+    import attnseg.hardware as hardware
+
+    monkeypatch.setattr(hardware, "native_bf16_here", lambda: (False, "AVX2 only"))
+    assert rates.emulated_routes(["torch-fp32", "onnxruntime"]) == {}
+    assert set(rates.emulated_routes(["torch-fp32", "torch-compile", "openvino-bf16"])) == {"torch-compile",
+                                                                                             "openvino-bf16"}

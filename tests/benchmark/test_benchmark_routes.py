@@ -1,0 +1,41 @@
+"""Which routes run: without their optional packages, and where this CPU only emulates their precision."""
+
+import sys
+
+from attnseg.cli.main import main
+
+
+def test_benchmark_routes_without_their_packages(monkeypatch, capsys):
+    import importlib.util
+
+    from attnseg.cli.benchmark import installed_routes
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))  # fmt: skip
+    routes = ["torch-fp32", "onnxruntime", "openvino-bf16"]
+    messages = []
+    # By default a route that cannot run is left out, with a line naming the extra that would enable it
+    assert installed_routes(routes, explicit=False, log=messages.append) == ["torch-fp32", "onnxruntime"]
+    assert messages == [messages[0]] and "openvino-bf16" in messages[0] and "attnseg[openvino]" in messages[0]
+    # Asked for by name, it is a one-line error from the CLI, not a traceback from the export child process
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code = main(["benchmark", "psanet_r18_narrow", "--size", "32", "64", "--routes", "torch-fp32,openvino-bf16"])
+    assert code == 2 and "attnseg[openvino]" in capsys.readouterr().err
+
+
+def test_benchmark_leaves_out_or_marks_emulated_routes(monkeypatch):
+    import attnseg.hardware as hardware
+    from attnseg.cli.benchmark import native_routes
+
+    routes = ["torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16"]
+    monkeypatch.setattr(hardware, "native_bf16_here", lambda: (False, "no AVX-512 bf16 or AMX on this CPU"))
+    lines: list[str] = []
+    kept, marked = native_routes(routes, explicit=False, log=lines.append)
+    assert kept == ["torch-fp32", "openvino-fp32"] and marked == {}
+    assert lines[0].startswith("skipping route torch-bf16: bf16 autocast is emulated")
+    assert "compiles to fp32" in lines[1]
+    kept, marked = native_routes(routes, explicit=True, log=lines.append)  # asked for by name: run, marked
+    assert kept == routes and set(marked) == {"torch-bf16", "openvino-bf16"}
+    monkeypatch.setattr(hardware, "native_bf16_here", lambda: (True, "CPU has AMX bf16"))
+    assert native_routes(routes, explicit=False, log=lines.append) == (routes, {})
