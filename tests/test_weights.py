@@ -16,11 +16,8 @@ from torch import nn
 
 from attnseg.errors import WeightsError
 from attnseg.models import MODEL_BUILDERS, create_model
-from attnseg.models.mscale.paddle import (
-    convert_hrnet_imagenet_state_dict,
-    convert_paddle_state_dict,
-    paddle_key_to_torch,
-)
+from attnseg.models.backbones.hrnet import convert_hrnet_imagenet_state_dict
+from attnseg.models.mscale.paddle import convert_paddle_state_dict, paddle_key_to_torch
 from attnseg.weights import (
     checkpoint_paths,
     convert_state_dict,
