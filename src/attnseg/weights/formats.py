@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.errors import WeightsError
 from attnseg.models.backbones.hrnet import convert_hrnet_imagenet_state_dict, is_hrnet_imagenet_layout
 from attnseg.models.mscale.nvidia import convert_nvidia_state_dict, is_nvidia_layout
@@ -35,6 +36,9 @@ KeySignature = Callable[[Iterable[str]], bool]
 Converter = Callable[[Mapping[str, Any]], dict[str, torch.Tensor]]
 
 NATIVE = "native"
+
+# PaddleSeg's default Normalize(mean=0.5, std=0.5) on 0-255 values.
+HALF_255 = (127.5, 127.5, 127.5)
 
 
 def _always(keys: Iterable[str]) -> bool:
@@ -54,6 +58,8 @@ class CheckpointFormat:
         recognise: key signature of this format among its source's formats.
         convert: the converter.
         reference: the implementation the checkpoints come from (recorded in converted sidecars).
+        mean, std: the input normalisation its models were trained with (RGB, 0-255 values), as the release's
+            configs set it; `attnseg convert-weights` records it in the sidecar.
         takes_arrays: the converter receives the values as read (numpy arrays from a ``.pdparams``) instead of
             torch tensors.
     """
@@ -65,9 +71,17 @@ class CheckpointFormat:
     recognise: KeySignature
     convert: Converter
     reference: str = ""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     takes_arrays: bool = False
 
 
+# Normalisation, as each release's configs set it (all read RGB images in 0-255 and divide by 255 before
+# normalising, except semseg, which states mean/std in 0-255 directly): NVIDIA/semantic-segmentation ImageNet
+# statistics (config.py DATASET.MEAN/STD); PaddleSeg CityscapesSOTA ImageNet statistics (explicit Normalize in
+# configs/mscale_ocr_cityscapes_autolabel_mapillary*.yml, not PaddleSeg's 0.5/0.5 default); PSANet_paddle
+# PaddleSeg's default (configs/_base_/cityscapes.yml sets no mean/std); hszhao/semseg ImageNet statistics x 255.
+#
 # Order is detection order: the Paddle layout first (its key names are unmistakable), then NVIDIA's `module.`
 # HRNet + OCR keys, semseg's PSANet, and a bare ImageNet HRNet last (its keys are the most generic).
 FORMATS: tuple[CheckpointFormat, ...] = (
@@ -76,7 +90,7 @@ FORMATS: tuple[CheckpointFormat, ...] = (
                      takes_arrays=True),
     CheckpointFormat("paddle_psanet", "paddle", "psanet", is_paddle_layout, is_paddle_psanet_layout,
                      convert_paddle_psanet_state_dict, "justld/PSANet_paddle PSANet (ResNet50_vd OS8)",
-                     takes_arrays=True),
+                     HALF_255, HALF_255, takes_arrays=True),
     CheckpointFormat("nvidia_mscale_ocr", "nvidia", "mscale_ocr", is_nvidia_layout, _always,
                      convert_nvidia_state_dict, "NVIDIA/semantic-segmentation ocrnet.HRNet_Mscale"),
     CheckpointFormat("semseg_psanet", "semseg", "psanet", is_semseg_psanet_layout, _always,
