@@ -90,7 +90,7 @@ FORMATS: tuple[CheckpointFormat, ...] = (
                      takes_arrays=True),
     CheckpointFormat("paddle_psanet", "paddle", "psanet", is_paddle_layout, is_paddle_psanet_layout,
                      convert_paddle_psanet_state_dict, "justld/PSANet_paddle PSANet (ResNet50_vd OS8)",
-                     HALF_255, HALF_255, takes_arrays=True),
+                     mean=HALF_255, std=HALF_255, takes_arrays=True),
     CheckpointFormat("nvidia_mscale_ocr", "nvidia", "mscale_ocr", is_nvidia_layout, _always,
                      convert_nvidia_state_dict, "NVIDIA/semantic-segmentation ocrnet.HRNet_Mscale"),
     CheckpointFormat("semseg_psanet", "semseg", "psanet", is_semseg_psanet_layout, _always,
