@@ -18,6 +18,7 @@ def test_every_variant_is_registered_as_its_create_function_bound_to_the_name():
     for name, builder in {**MSCALE_MODEL_BUILDERS, **PSANET_BUILDERS}.items():
         assert MODEL_BUILDERS[name] is builder
         assert isinstance(builder, functools.partial) and builder.args == (name,)
+        assert builder.__doc__ == {**HRNET_OCR_VARIANTS, **PSANET_VARIANTS}[name].description
     assert MSCALE_MODEL_BUILDERS["ocr_hrnet_w48"].func is create_ocrnet
     assert MSCALE_MODEL_BUILDERS["mscale_ocr_hrnet_w48"].func is create_mscale_ocr
     assert PSANET_BUILDERS["psanet_r50_vd"].func is create_psanet

@@ -96,7 +96,7 @@ class PSANetArgs:
     Attributes:
         backbone: ``"resnet_vd"`` (PaddleSeg), ``"resnet_v1c"`` (semseg) or ``"resnet18_narrow"`` (tests, demos).
         depth: ResNet depth (50 or 101; ignored by ``resnet18_narrow``).
-        description: one line for listings.
+        description: one line, the builder's docstring.
         tunable: the keywords `create_model` accepts for this variant; the other fields are fixed.
         psa_channels, head_channels, aux_channels: widths of the attention module and of the two heads.
         dropout_layer: ``nn.Dropout`` (PaddleSeg's AuxLayer drops elements) or ``nn.Dropout2d`` (semseg, channels).
@@ -180,8 +180,16 @@ def create_psanet(variant: str, num_classes: int = 19, **overrides) -> PSANet:
                   args.dropout_layer, args.align_corners, args.norm_layer)
 
 
+def _builder(name: str, args: PSANetArgs) -> Callable[..., PSANet]:
+    builder = partial(create_psanet, name)
+    builder.__doc__ = args.description
+    return builder
+
+
 # name -> builder(num_classes=..., **overrides): the variant name bound to `create_psanet`.
-PSANET_BUILDERS: dict[str, Callable[..., PSANet]] = {name: partial(create_psanet, name) for name in PSANET_VARIANTS}
+PSANET_BUILDERS: dict[str, Callable[..., PSANet]] = {
+    name: _builder(name, args) for name, args in PSANET_VARIANTS.items()
+}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ class HRNetOCRArgs:
 
     Attributes:
         hrnet: backbone variant (`attnseg.models.backbones.hrnet.hrnet`).
-        description: one line for listings.
+        description: one line, the builder's docstring.
         multiscale: `MscaleOCR` (with the scale-attention head) or single-scale `OCRNet`.
         ocr_mid_channels, ocr_key_channels: OCR head widths.
         attention_channels: hidden width of the scale-attention head (`MscaleOCR` only).
@@ -258,8 +258,13 @@ def create_ocrnet(variant: str, *, num_classes: int = 19, **overrides) -> OCRNet
     return OCRNet(backbone, ocr)
 
 
+def _builder(name: str, args: HRNetOCRArgs) -> Callable[..., nn.Module]:
+    builder = partial(create_mscale_ocr if args.multiscale else create_ocrnet, name)
+    builder.__doc__ = args.description
+    return builder
+
+
 # name -> builder(*, num_classes=..., **overrides): the variant name bound to its class's create function.
 MSCALE_MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    name: partial(create_mscale_ocr if args.multiscale else create_ocrnet, name)
-    for name, args in HRNET_OCR_VARIANTS.items()
+    name: _builder(name, args) for name, args in HRNET_OCR_VARIANTS.items()
 }
