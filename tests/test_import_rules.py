@@ -38,3 +38,19 @@ def test_library_code_does_not_read_configs(folder):
             assert not name.startswith("attnseg.config"), (
                 f"{path.relative_to(PACKAGE)} imports {name}: only the CLI and builders read configs"
             )
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_the_top_package(path):
+    # `import attnseg` inside the package runs attnseg/__init__ (models, weights) from wherever it is imported and
+    # makes import cycles easy; the version lives in attnseg._version for the modules that record it.
+    offending = sorted(name for name in imported_modules(path) if name == "attnseg")
+    assert not offending, f"{path.relative_to(PACKAGE)} imports the top package 'attnseg' (import a submodule)"
+
+
+def test_the_top_package_check_sees_both_spellings(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import attnseg\nfrom attnseg import create_model\nfrom attnseg._version import __version__\n")
+    assert imported_modules(sample) == {"attnseg", "attnseg._version"}
+    sample.write_text("def f():\n    from attnseg import weights\n")
+    assert "attnseg" in imported_modules(sample)

@@ -16,18 +16,20 @@ from torch import nn
 
 from attnseg.errors import WeightsError
 from attnseg.models import MODEL_BUILDERS, create_model
-from attnseg.models.mscale.paddle import (
-    convert_hrnet_imagenet_state_dict,
-    convert_paddle_state_dict,
-    paddle_key_to_torch,
-)
+from attnseg.models.backbones.hrnet import convert_hrnet_imagenet_state_dict
+from attnseg.models.mscale.paddle import convert_paddle_state_dict, paddle_key_to_torch
+from attnseg.weights import formats
 from attnseg.weights import (
+    FORMATS,
+    SOURCES,
+    CheckpointFormat,
     checkpoint_paths,
     convert_state_dict,
     detect_source,
     load_model,
     load_pretrained,
     load_weights,
+    paddle_family,
     read_checkpoint_file,
     read_sidecar,
     save_checkpoint,
@@ -254,6 +256,48 @@ def test_imagenet_hrnet_keeps_backbone_and_drops_classification_neck():
     }
     converted = convert_hrnet_imagenet_state_dict(state)
     assert set(converted) == {"backbone.conv1.weight", "backbone.stage4.2.branches.3.3.bn2.running_mean"}
+
+
+def test_formats_table_covers_every_source_and_its_converters_live_beside_the_models():
+    names = [record.name for record in FORMATS]
+    assert len(names) == len(set(names))
+    assert {record.source for record in FORMATS} | {"native"} == set(SOURCES)
+    for record in FORMATS:
+        for function in (record.layout, record.recognise, record.convert):
+            if function.__name__ != "_always":
+                assert function.__module__.startswith("attnseg.models."), (record.name, function.__module__)
+    assert {record.family for record in FORMATS if record.source == "paddle"} == {"mscale_ocr", "psanet"}
+
+
+def test_detection_and_conversion_read_the_formats_table(monkeypatch):
+    def is_toy(keys):
+        return any(key.startswith("toy.") for key in keys)
+
+    def convert_toy(state):
+        return {key.replace("toy.", "head.", 1): value * 2 for key, value in state.items()}
+
+    toy = CheckpointFormat("toy_semseg", "semseg", "psanet", is_toy, is_toy, convert_toy, "toy release")
+    state = {"toy.weight": np.ones(2, np.float32)}
+    assert detect_source(state) == "native"
+    monkeypatch.setattr(formats, "FORMATS", (toy, *formats.FORMATS))
+    assert detect_source(state) == "semseg"
+    converted = convert_state_dict(state, "semseg")
+    assert list(converted) == ["head.weight"] and converted["head.weight"].tolist() == [2.0, 2.0]
+
+
+def test_paddle_state_dict_of_no_known_model_is_refused_by_name():
+    state = {"backbone.conv1_1._batch_norm._mean": np.zeros(2, np.float32)}  # a bare Paddle ResNet
+    assert detect_source(state) == "paddle"
+    with pytest.raises(WeightsError, match="PaddleSeg state dict belongs to neither MscaleOCRNet/OCRNet nor PSANet"):
+        convert_state_dict(state, "paddle")
+    assert paddle_family(_keys_only(k for k, _ in paddle_reference_keys("psanet"))) == "psanet"
+
+
+def test_the_paddle_batch_norm_names_are_written_once():
+    package = Path(__file__).resolve().parents[1] / "src" / "attnseg"
+    holders = [path.relative_to(package).as_posix() for path in sorted(package.rglob("*.py"))
+               if '"_variance": "running_var"' in path.read_text(encoding="utf-8")]
+    assert holders == ["models/state_dicts.py"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ Public API:
     Predictor                      -- checkpoint -> image segmenter (`attnseg.inference.predictor`, imported lazily)
 """
 
+from attnseg._version import __version__
 from attnseg.models import SegmentationOutput, create_model, list_models
 from attnseg.weights import LoadReport, convert_state_dict, load_model, load_pretrained, load_weights, save_checkpoint
-
-__version__ = "0.1.0"
 
 __all__ = ["SegmentationOutput", "create_model", "list_models", "__version__"]
 __all__ += ["LoadReport", "convert_state_dict", "load_model", "load_pretrained", "load_weights", "save_checkpoint"]

@@ -19,7 +19,7 @@ import parity
 from attnseg.config import load_config
 from attnseg.inference.evaluate import evaluate_model
 from attnseg.models import create_model
-from attnseg.models.mscale.model import convert_nvidia_state_dict
+from attnseg.models.mscale.nvidia import convert_nvidia_state_dict
 
 
 def _fast_hist(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:

@@ -16,31 +16,9 @@ import torch
 
 from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.errors import WeightsError
-from attnseg.weights import SOURCES, convert_state_dict, detect_source, load_state_dict_report, paddle_family
+from attnseg.weights import SOURCES, CheckpointFormat, convert_state_dict, detect_source, load_state_dict_report
 from attnseg.weights import read_checkpoint_file, save_checkpoint
-
-HALF_255 = (127.5, 127.5, 127.5)  # PaddleSeg's default Normalize(mean=0.5, std=0.5)
-
-# Input normalisation of each release, as its configs set it (all read images as RGB in 0-255 and divide by 255
-# before normalising, except semseg, which states mean/std in 0-255 directly):
-# - NVIDIA/semantic-segmentation: ImageNet statistics (config.py DATASET.MEAN/STD).
-# - PaddleSeg CityscapesSOTA: ImageNet statistics (configs/mscale_ocr_cityscapes_autolabel_mapillary*.yml, explicit
-#   Normalize mean/std) - not PaddleSeg's 0.5/0.5 default.
-# - PSANet_paddle: PaddleSeg's default Normalize (configs/_base_/cityscapes.yml sets no mean/std): 0.5 / 0.5.
-# - hszhao/semseg: ImageNet statistics x 255.
-PREPROCESSING = {
-    ("nvidia", "mscale_ocr"): (IMAGENET_MEAN, IMAGENET_STD),
-    ("paddle", "mscale_ocr"): (IMAGENET_MEAN, IMAGENET_STD),
-    ("paddle", "psanet"): (HALF_255, HALF_255),
-    ("semseg", "psanet"): (IMAGENET_MEAN, IMAGENET_STD),
-}
-
-REFERENCES = {
-    ("nvidia", "mscale_ocr"): "NVIDIA/semantic-segmentation ocrnet.HRNet_Mscale",
-    ("paddle", "mscale_ocr"): "PaddleSeg contrib/CityscapesSOTA MscaleOCRNet (HRNet_W48_NV)",
-    ("paddle", "psanet"): "justld/PSANet_paddle PSANet (ResNet50_vd OS8)",
-    ("semseg", "psanet"): "hszhao/semseg PSANet",
-}
+from attnseg.weights.formats import find_format
 
 _HRNET_VARIANT_BY_WIDTH = {48: "w48", 32: "w32", 18: "w18"}
 
@@ -65,14 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def model_family(state: dict, source: str) -> str:
-    """``"mscale_ocr"`` or ``"psanet"`` for a source state dict (as read from the file)."""
-    if source == "paddle":
-        return paddle_family(state)
-    if source in ("semseg",):
-        return "psanet"
-    if source == "nvidia":
-        return "mscale_ocr"
+def model_family(state: dict, source: str, record: CheckpointFormat | None) -> str:
+    """``"mscale_ocr"`` or ``"psanet"`` for a source state dict (as read from the file) of format ``record``."""
+    if record is not None:
+        return record.family
     keys = [str(k).removeprefix("module.") for k in state]
     return "mscale_ocr" if any(k.startswith("ocr.") for k in keys) else "psanet"
 
@@ -144,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if source == "hrnet_imagenet":
         raise WeightsError(f"{args.src}: an ImageNet HRNet backbone is an initialisation, not a segmentation model; "
                            "use it as the training config's pretrained weights")  # fmt: skip
-    family = model_family(state, source)
+    record = find_format(state, source)
+    family = model_family(state, source, record)
     try:
         converted = convert_state_dict(state, source)
     except WeightsError as error:
@@ -164,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     except WeightsError as error:
         raise WeightsError(f"{args.src} does not fit {name} with {num_classes} classes: {error}") from error
 
-    default_mean, default_std = PREPROCESSING.get((source, family), (IMAGENET_MEAN, IMAGENET_STD))
+    default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if record is None else (record.mean, record.std)
+    reference = "" if record is None else record.reference
     mean = list(args.mean) if args.mean else list(default_mean)
     std = list(args.std) if args.std else list(default_std)
     class_names, palette = class_metadata(num_classes)
@@ -172,13 +148,13 @@ def run(args: argparse.Namespace) -> int:
         "converted_from": args.src.name,
         "source_sha256": _sha256(args.src),
         "source_layout": source,
-        "reference": REFERENCES.get((source, family), ""),
+        "reference": reference,
     }
     weights_path, sidecar_path = save_checkpoint(
         args.out, model, name, kwargs, class_names, palette, mean, std, extra=extra
     )
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"source      {args.src} ({source} layout, {REFERENCES.get((source, family), family)})")
+    print(f"source      {args.src} ({source} layout, {reference or family})")
     print(f"model       {name} with {num_classes} classes, {parameters / 1e6:.2f} M parameters")
     print(f"loaded      {len(report.loaded)}/{len(model.state_dict())} state-dict entries (strict)")
     print(f"preprocess  RGB 0-255, mean {mean}, std {std}")

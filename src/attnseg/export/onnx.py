@@ -351,7 +351,7 @@ def export_onnx(
     """
     onnx = require_optional("onnx")
 
-    import attnseg
+    from attnseg._version import __version__
 
     path = Path(path)
     shape = tuple(int(s) for s in input_shape)
@@ -397,7 +397,7 @@ def export_onnx(
             class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
             std=info["std"], input_shape=input_dims, output_name=output_name, output=output, output_dtype=out_dtype,
             scales=[float(s) for s in used_scales], opset=opset, model_format="onnx", trace_shape=list(trace_shape),
-            attnseg_version=attnseg.__version__,
+            attnseg_version=__version__,
         )  # fmt: skip
         if len(info["class_names"]) != num_classes:
             named = len(info["class_names"])

@@ -1,4 +1,7 @@
-"""Segmentation models. Every builder is a plain function listed in `MODEL_BUILDERS`; `create_model` calls it.
+"""Segmentation models. Every registered name maps to a builder in `MODEL_BUILDERS`; `create_model` calls it.
+
+Each family keeps a table of its variants' arguments beside its model (`HRNET_OCR_VARIANTS` in `mscale.model`,
+`PSANET_VARIANTS` in `psanet`) and one create function per model class; its builders bind a variant name to it.
 
 Model files import only torch and `attnseg.models`; nothing here reads configs.
 """

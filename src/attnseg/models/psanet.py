@@ -1,6 +1,6 @@
 """PSANet: dilated ResNet + point-wise spatial attention + FCN classifier, with an FCN auxiliary head on stage 3.
 
-Builders:
+Builders (a table of variants, `PSANET_VARIANTS`, and `create_psanet`):
 - `psanet_r50_vd`: justld/PSANet_paddle's Cityscapes model (ResNet50_vd OS8, psa_type 2, shrink 2, mask 59x59,
   normalization 1.0, softmax, element-wise dropout, align_corners=False); its released ``.pdparams`` load with
   `convert_paddle_psanet_state_dict`.
@@ -17,7 +17,9 @@ evaluation; the 0.4 weight of the auxiliary loss belongs to the criterion.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,6 @@ from torch import nn
 from attnseg.models.backbones.resnet import (
     BasicBlock,
     ResNet,
-    as_tensor,
-    add_missing_batches_tracked,
     paddle_resnet_key,
     resnet_v1c,
     resnet_vd,
@@ -36,6 +36,7 @@ from attnseg.models.backbones.resnet import (
 from attnseg.models.heads.fcn import FCNHead
 from attnseg.models.heads.psa import PSA_BIDIRECTIONAL, PSA_COLLECT, PSA_DISTRIBUTE, PointwiseSpatialAttention
 from attnseg.models.outputs import SegmentationOutput
+from attnseg.models.state_dicts import PADDLE_BN_LEAVES, add_missing_batches_tracked, as_tensor
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -86,113 +87,108 @@ class PSANet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Builders
+# Builders: one table of variants, one create function
 # --------------------------------------------------------------------------------------------------------
-def psanet_r50_vd(
-    num_classes: int = 19,
-    *,
-    output_stride: int = 8,
-    psa_type: int = PSA_BIDIRECTIONAL,
-    mask_size: tuple[int, int] = (59, 59),
-    shrink_factor: int = 2,
-    normalization_factor: float | None = 1.0,
-    dropout: float = 0.1,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> PSANet:
-    """PSANet_paddle ``psanet_resnet50_os8_cityscapes_1024x512_80k`` (mIoU 79.94 on Cityscapes val)."""
-    backbone = resnet_vd(50, output_stride=output_stride, norm_layer=norm_layer)
+@dataclass(frozen=True)
+class PSANetArgs:
+    """Constructor arguments of one registered PSANet variant; `create_model` keywords override the tunable ones.
+
+    Attributes:
+        backbone: ``"resnet_vd"`` (PaddleSeg), ``"resnet_v1c"`` (semseg) or ``"resnet18_narrow"`` (tests, demos).
+        depth: ResNet depth (50 or 101; ignored by ``resnet18_narrow``).
+        description: one line, the builder's docstring.
+        tunable: the keywords `create_model` accepts for this variant; the other fields are fixed.
+        psa_channels, head_channels, aux_channels: widths of the attention module and of the two heads.
+        dropout_layer: ``nn.Dropout`` (PaddleSeg's AuxLayer drops elements) or ``nn.Dropout2d`` (semseg, channels).
+        align_corners: of the final bilinear upsampling to the input size.
+        output_stride, psa_type, mask_size, shrink_factor, normalization_factor, compact, dropout, norm_layer:
+            see `PointwiseSpatialAttention` and `PSANet`.
+    """
+
+    backbone: str
+    depth: int
+    description: str
+    tunable: tuple[str, ...]
+    mask_size: tuple[int, int]
+    psa_channels: int = 512
+    head_channels: int = 512
+    aux_channels: int = 256
+    dropout_layer: type[nn.Module] = nn.Dropout2d
+    align_corners: bool = True
+    output_stride: int = 8
+    psa_type: int = PSA_BIDIRECTIONAL
+    shrink_factor: int = 2
+    normalization_factor: float | None = 1.0
+    compact: bool = False
+    dropout: float = 0.1
+    norm_layer: NormLayer = nn.BatchNorm2d
+
+
+_COMMON = ("output_stride", "psa_type", "mask_size", "shrink_factor", "dropout", "norm_layer")
+
+PSANET_VARIANTS: dict[str, PSANetArgs] = {
+    "psanet_r50_vd": PSANetArgs(
+        "resnet_vd", 50, "PSANet_paddle psanet_resnet50_os8_cityscapes_1024x512_80k (mIoU 79.94 on Cityscapes val)",
+        (*_COMMON, "normalization_factor"), mask_size=(59, 59), dropout_layer=nn.Dropout, align_corners=False),
+    "psanet_r50": PSANetArgs(
+        "resnet_v1c", 50, "semseg cityscapes_psanet50 (mask 89x89 = psa_mask_size((705, 705)))",
+        (*_COMMON, "normalization_factor", "compact"), mask_size=(89, 89)),
+    "psanet_r101": PSANetArgs(
+        "resnet_v1c", 101, "semseg cityscapes_psanet101 (mask 89x89)",
+        (*_COMMON, "normalization_factor", "compact"), mask_size=(89, 89)),
+    "psanet_r18_narrow": PSANetArgs(
+        "resnet18_narrow", 18, "a tiny PSANet for tests and CPU demos: ResNet-18 at 1/4 width, 32-channel PSA",
+        _COMMON, mask_size=(9, 9), psa_channels=32, head_channels=64, aux_channels=32, align_corners=False),
+}  # fmt: skip
+
+
+def _psanet_backbone(args: PSANetArgs) -> ResNet:
+    if args.backbone == "resnet_vd":
+        return resnet_vd(args.depth, output_stride=args.output_stride, norm_layer=args.norm_layer)
+    if args.backbone == "resnet_v1c":
+        return resnet_v1c(args.depth, output_stride=args.output_stride, norm_layer=args.norm_layer)
+    if args.backbone == "resnet18_narrow":
+        return ResNet(
+            BasicBlock, (2, 2, 2, 2), widths=(16, 32, 64, 128), stem_channels=(16, 16, 32),
+            output_stride=args.output_stride, avg_down=True, norm_layer=args.norm_layer,
+        )  # fmt: skip
+    raise ValueError(f"unknown PSANet backbone {args.backbone!r}")
+
+
+def create_psanet(variant: str, num_classes: int = 19, **overrides) -> PSANet:
+    """Build the PSANet variant registered as ``variant`` (a key of `PSANET_VARIANTS`).
+
+    Args:
+        variant: registered name, e.g. ``"psanet_r50_vd"``.
+        num_classes: output classes.
+        **overrides: the variant's ``tunable`` arguments (defaults: the variant's).
+
+    Raises:
+        TypeError: a keyword this variant does not take.
+    """
+    args = PSANET_VARIANTS[variant]
+    unknown = sorted(set(overrides) - set(args.tunable))
+    if unknown:
+        raise TypeError(f"{variant}() got an unexpected keyword argument {unknown[0]!r}")
+    args = replace(args, **overrides)
+    backbone = _psanet_backbone(args)
     psa = PointwiseSpatialAttention(
-        backbone.out_channels[-1], 512, psa_type, mask_size, shrink_factor, normalization_factor,
-        use_softmax=True, compact=False, norm_layer=norm_layer,
-    )
-    # PaddleSeg's AuxLayer drops elements (nn.Dropout), semseg drops channels (nn.Dropout2d).
-    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout, False, norm_layer)
+        backbone.out_channels[-1], args.psa_channels, args.psa_type, args.mask_size, args.shrink_factor,
+        args.normalization_factor, use_softmax=True, compact=args.compact, norm_layer=args.norm_layer,
+    )  # fmt: skip
+    return PSANet(backbone, num_classes, psa, args.head_channels, args.aux_channels, args.dropout,
+                  args.dropout_layer, args.align_corners, args.norm_layer)
 
 
-def _semseg_psanet(
-    depth: int,
-    num_classes: int,
-    output_stride: int,
-    psa_type: int,
-    mask_size: tuple[int, int],
-    shrink_factor: int,
-    normalization_factor: float | None,
-    compact: bool,
-    dropout: float,
-    norm_layer: NormLayer,
-) -> PSANet:
-    backbone = resnet_v1c(depth, output_stride=output_stride, norm_layer=norm_layer)
-    psa = PointwiseSpatialAttention(
-        backbone.out_channels[-1], 512, psa_type, mask_size, shrink_factor, normalization_factor, True, compact,
-        norm_layer,
-    )
-    return PSANet(backbone, num_classes, psa, 512, 256, dropout, nn.Dropout2d, True, norm_layer)
+def _builder(name: str, args: PSANetArgs) -> Callable[..., PSANet]:
+    builder = partial(create_psanet, name)
+    builder.__doc__ = args.description
+    return builder
 
 
-def psanet_r50(
-    num_classes: int = 19,
-    *,
-    output_stride: int = 8,
-    psa_type: int = PSA_BIDIRECTIONAL,
-    mask_size: tuple[int, int] = (89, 89),
-    shrink_factor: int = 2,
-    normalization_factor: float | None = 1.0,
-    compact: bool = False,
-    dropout: float = 0.1,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> PSANet:
-    """semseg ``cityscapes_psanet50`` (mask 89x89 = ``psa_mask_size((705, 705))``)."""
-    return _semseg_psanet(
-        50, num_classes, output_stride, psa_type, mask_size, shrink_factor, normalization_factor, compact, dropout,
-        norm_layer,
-    )
-
-
-def psanet_r101(
-    num_classes: int = 19,
-    *,
-    output_stride: int = 8,
-    psa_type: int = PSA_BIDIRECTIONAL,
-    mask_size: tuple[int, int] = (89, 89),
-    shrink_factor: int = 2,
-    normalization_factor: float | None = 1.0,
-    compact: bool = False,
-    dropout: float = 0.1,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> PSANet:
-    """semseg ``cityscapes_psanet101`` (mask 89x89)."""
-    return _semseg_psanet(
-        101, num_classes, output_stride, psa_type, mask_size, shrink_factor, normalization_factor, compact, dropout,
-        norm_layer,
-    )
-
-
-def psanet_r18_narrow(
-    num_classes: int = 19,
-    *,
-    output_stride: int = 8,
-    psa_type: int = PSA_BIDIRECTIONAL,
-    mask_size: tuple[int, int] = (9, 9),
-    shrink_factor: int = 2,
-    dropout: float = 0.1,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> PSANet:
-    """A tiny PSANet for tests and CPU demos: ResNet-18 basic blocks at 1/4 width, 32-channel PSA, 9x9 mask."""
-    backbone = ResNet(
-        BasicBlock, (2, 2, 2, 2), widths=(16, 32, 64, 128), stem_channels=(16, 16, 32), output_stride=output_stride,
-        avg_down=True, norm_layer=norm_layer,
-    )
-    psa = PointwiseSpatialAttention(
-        backbone.out_channels[-1], 32, psa_type, mask_size, shrink_factor, 1.0, True, False, norm_layer
-    )
-    return PSANet(backbone, num_classes, psa, 64, 32, dropout, nn.Dropout2d, align_corners=False, norm_layer=norm_layer)
-
-
+# name -> builder(num_classes=..., **overrides): the variant name bound to `create_psanet`.
 PSANET_BUILDERS: dict[str, Callable[..., PSANet]] = {
-    "psanet_r50_vd": psanet_r50_vd,
-    "psanet_r50": psanet_r50,
-    "psanet_r101": psanet_r101,
-    "psanet_r18_narrow": psanet_r18_narrow,
+    name: _builder(name, args) for name, args in PSANET_VARIANTS.items()
 }
 
 
@@ -200,11 +196,21 @@ PSANET_BUILDERS: dict[str, Callable[..., PSANet]] = {
 # Checkpoint converters
 # --------------------------------------------------------------------------------------------------------
 _PADDLE_CONV_BN = {"_conv": "conv", "_batch_norm": "bn"}
-_PADDLE_BN_LEAF = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
 
 
 def _paddle_conv_bn_key(module: str, kind: str, leaf: str) -> str:
-    return f"{module}.{_PADDLE_CONV_BN[kind]}.{'weight' if kind == '_conv' else _PADDLE_BN_LEAF[leaf]}"
+    return f"{module}.{_PADDLE_CONV_BN[kind]}.{'weight' if kind == '_conv' else PADDLE_BN_LEAVES[leaf]}"
+
+
+def is_paddle_psanet_layout(keys: Iterable[str]) -> bool:
+    """Key signature of a PSANet_paddle state dict (given a Paddle layout): ``psa.`` keys."""
+    return any(key.startswith("psa.") for key in keys)
+
+
+def is_semseg_psanet_layout(keys: Iterable[str]) -> bool:
+    """Key signature of a hszhao/semseg PSANet: a ``layer0`` stem beside ``psa``/``cls`` (``module.`` ignored)."""
+    keys = [key.removeprefix("module.") for key in keys]
+    return any(k.startswith("layer0.") for k in keys) and any(k.startswith(("psa.", "cls.")) for k in keys)
 
 
 def paddle_psanet_key(key: str, psa_type: int = PSA_BIDIRECTIONAL) -> str:

@@ -5,17 +5,20 @@ parameter names follow the NVIDIA/semantic-segmentation (and HRNet-Semantic-Segm
 (`conv1`, `layer1.0.conv1`, `transition1.0.0`, `stage2.0.branches.0.0.conv1`, `stage2.0.fuse_layers.0.1.0`, ...),
 so their weights load after stripping the `module.`/`backbone.` prefixes.
 
-Layout: blocks, then the stage module, then the network, then the width configurations at the bottom.
+Layout: blocks, then the stage module, then the network, then the width configurations, then the converter of
+the ImageNet classification checkpoint at the bottom.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnseg.models.state_dicts import as_tensor
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -295,3 +298,38 @@ def hrnet(variant: str, *, norm_layer: NormLayer = nn.BatchNorm2d) -> HRNet:
     except KeyError:
         raise ValueError(f"unknown HRNet variant {variant!r}; available: {', '.join(HRNET_CONFIGS)}") from None
     return HRNet(config, norm_layer=norm_layer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ImageNet HRNet (HRNet-Image-Classification release), as loaded by NVIDIA's HighResolutionNet
+# ---------------------------------------------------------------------------------------------------------
+# The classification checkpoint uses the same module names as the segmentation backbone for everything up to
+# stage 4; its classification neck (incre_modules, downsamp_modules, final_layer, classifier) has no
+# counterpart and is dropped, as NVIDIA's init_weights drops every key its model does not have.
+_HRNET_BACKBONE_ROOTS = frozenset(
+    {"conv1", "bn1", "conv2", "bn2", "layer1"}
+    | {"transition1", "transition2", "transition3", "stage2", "stage3", "stage4"}
+)
+
+
+def is_hrnet_imagenet_layout(keys: Iterable[str]) -> bool:
+    """Key signature of a bare HRNet checkpoint: top-level ``stage4.``/``transition1.`` keys (``module.`` ignored)."""
+    return any(key.removeprefix("module.").startswith(("stage4.", "transition1.")) for key in keys)
+
+
+def convert_hrnet_imagenet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Backbone entries of an ImageNet HRNet-W48 checkpoint under our ``backbone.`` prefix.
+
+    Args:
+        state: ``hrnetv2_w48_imagenet_pretrained.pth`` contents (optionally with ``module.``/``model.`` prefixes).
+
+    Returns:
+        ``backbone.<key>`` -> tensor for stem, stage-1 bottlenecks, transitions and stages 2-4; the ImageNet
+        classification neck is left out. Use for initialisation (`attnseg.weights.load_pretrained`).
+    """
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.").removeprefix("model.")
+        if name.split(".", 1)[0] in _HRNET_BACKBONE_ROOTS:
+            converted[f"backbone.{name}"] = as_tensor(value)
+    return converted

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from attnseg.models.state_dicts import PADDLE_BN_LEAVES, add_missing_batches_tracked, as_tensor
+
 NormLayer = Callable[[int], nn.Module]
 
 STEM_REDUCTION = 4  # stride-2 conv + stride-2 max pool before the first stage
@@ -247,7 +249,6 @@ def resnet_v1c(depth: int = 50, **kwargs) -> ResNet:
 # --------------------------------------------------------------------------------------------------------
 # Reference layouts -> ours
 # --------------------------------------------------------------------------------------------------------
-_PADDLE_BN_LEAF = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
 _PADDLE_STEM = re.compile(r"conv1_(\d)\.(_conv|_batch_norm)\.(\w+)$")
 _PADDLE_BLOCK = re.compile(r"bb_(\d+)_(\d+)\.(conv\d|short)\.(_conv|_batch_norm)\.(\w+)$")
 _SEMSEG_STEM = re.compile(r"(conv|bn)(\d)\.(\w+)$")
@@ -259,9 +260,9 @@ def _paddle_leaf(kind: str, leaf: str, key: str) -> str:
         if leaf != "weight":
             raise KeyError(f"unexpected Paddle conv parameter {key!r}")
         return "weight"
-    if leaf not in _PADDLE_BN_LEAF:
+    if leaf not in PADDLE_BN_LEAVES:
         raise KeyError(f"unexpected Paddle batch-norm parameter {key!r}")
-    return _PADDLE_BN_LEAF[leaf]
+    return PADDLE_BN_LEAVES[leaf]
 
 
 def paddle_resnet_key(key: str) -> str:
@@ -302,18 +303,6 @@ def semseg_resnet_key(key: str) -> str:
     if re.match(r"layer\d\.\d+\.(conv|bn)\d\.\w+$", key):
         return key
     raise KeyError(f"not a semseg ResNet key: {key!r}")
-
-
-def as_tensor(value) -> torch.Tensor:
-    """A detached copy of a tensor or numpy array (converters must not alias the source checkpoint)."""
-    return value.detach().clone() if torch.is_tensor(value) else torch.as_tensor(value).clone()
-
-
-def add_missing_batches_tracked(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Give every BatchNorm (a prefix with ``running_var``) a zero ``num_batches_tracked`` if it has none."""
-    for key in [k for k in state if k.endswith(".running_var")]:
-        state.setdefault(key[: -len("running_var")] + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
-    return state
 
 
 _CLASSIFIER_PREFIXES = ("fc.", "fc_0.", "out.")

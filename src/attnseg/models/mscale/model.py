@@ -1,8 +1,8 @@
 """HRNet + OCR segmentation models, single-scale (`OCRNet`) and with hierarchical multi-scale attention
-(`MscaleOCR`, NVIDIA's `ocrnet.HRNet_Mscale`), their builders, and the NVIDIA checkpoint converter.
+(`MscaleOCR`, NVIDIA's `ocrnet.HRNet_Mscale`), and their builders (a table of variants, `HRNET_OCR_VARIANTS`).
 
 The state-dict layout equals NVIDIA/semantic-segmentation's (`backbone.*`, `ocr.*`, `scale_attn.*`), so an NVIDIA
-`.pth` loads with `strict=True` after `convert_nvidia_state_dict` (which only strips `module.`).
+`.pth` loads with `strict=True` after `attnseg.models.mscale.nvidia.convert_nvidia_state_dict` (strips `module.`).
 
 Forward contract (`SegmentationOutput`):
 
@@ -16,7 +16,9 @@ Forward contract (`SegmentationOutput`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -154,175 +156,115 @@ class MscaleOCR(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Builders
+# Builders: one table of variants, one create function per model class
 # --------------------------------------------------------------------------------------------------------------
-def _mscale_ocr(
-    variant: str,
-    num_classes: int,
-    eval_scales: Sequence[float],
-    train_scales: Sequence[float],
-    ocr_mid_channels: int,
-    ocr_key_channels: int,
-    attention_channels: int,
-    norm_layer: NormLayer,
-    resize_recompute_scale_factor: bool,
-) -> MscaleOCR:
-    backbone = hrnet(variant, norm_layer=norm_layer)
-    ocr = OCRHead(backbone.concat_channels, num_classes, ocr_mid_channels, ocr_key_channels, norm_layer=norm_layer)
-    scale_attn = ScaleAttentionHead(ocr_mid_channels, attention_channels, norm_layer=norm_layer)
-    return MscaleOCR(backbone, ocr, scale_attn, eval_scales=eval_scales, train_scales=train_scales,
-                     resize_recompute_scale_factor=resize_recompute_scale_factor)
+@dataclass(frozen=True)
+class HRNetOCRArgs:
+    """Constructor arguments of one registered HRNet + OCR variant; `create_model` keywords override them.
+
+    Attributes:
+        hrnet: backbone variant (`attnseg.models.backbones.hrnet.hrnet`).
+        description: one line, the builder's docstring.
+        multiscale: `MscaleOCR` (with the scale-attention head) or single-scale `OCRNet`.
+        ocr_mid_channels, ocr_key_channels: OCR head widths.
+        attention_channels: hidden width of the scale-attention head (`MscaleOCR` only).
+        eval_scales, train_scales, resize_recompute_scale_factor: see `MscaleOCR` (`MscaleOCR` only).
+        norm_layer: normalisation constructor taking the channel count.
+    """
+
+    hrnet: str
+    description: str
+    multiscale: bool = True
+    ocr_mid_channels: int = 512
+    ocr_key_channels: int = 256
+    attention_channels: int = 256
+    eval_scales: Sequence[float] = (0.5, 1.0, 2.0)
+    train_scales: Sequence[float] = (0.5, 1.0)
+    norm_layer: NormLayer = nn.BatchNorm2d
+    resize_recompute_scale_factor: bool = True
 
 
-def mscale_ocr_hrnet_w48(
-    *,
-    num_classes: int = 19,
-    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
-    train_scales: Sequence[float] = (0.5, 1.0),
-    ocr_mid_channels: int = 512,
-    ocr_key_channels: int = 256,
-    attention_channels: int = 256,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    resize_recompute_scale_factor: bool = True,
-) -> MscaleOCR:
-    """MscaleOCR with HRNetV2-W48: the architecture of NVIDIA's released Cityscapes/Mapillary checkpoints."""
-    return _mscale_ocr(
-        "w48", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer, resize_recompute_scale_factor,
-    )  # fmt: skip
+# The keywords each model class takes from `create_model` (the rest of `HRNetOCRArgs` is fixed by the variant).
+_MSCALE_KEYWORDS = ("eval_scales", "train_scales", "ocr_mid_channels", "ocr_key_channels", "attention_channels",
+                    "norm_layer", "resize_recompute_scale_factor")
+_OCRNET_KEYWORDS = ("ocr_mid_channels", "ocr_key_channels", "norm_layer")
+
+HRNET_OCR_VARIANTS: dict[str, HRNetOCRArgs] = {
+    "mscale_ocr_hrnet_w48": HRNetOCRArgs(
+        "w48", "MscaleOCR with HRNetV2-W48: the architecture of NVIDIA's released Cityscapes/Mapillary checkpoints"),
+    "mscale_ocr_hrnet_w32": HRNetOCRArgs("w32", "MscaleOCR with HRNetV2-W32"),
+    "mscale_ocr_hrnet_w18": HRNetOCRArgs("w18", "MscaleOCR with HRNetV2-W18"),
+    "mscale_ocr_hrnet_w18_small": HRNetOCRArgs(
+        "w18_small", "MscaleOCR with HRNetV2-W18-Small-v2 and narrower OCR/attention heads: for CPU demos/tests",
+        ocr_mid_channels=256, ocr_key_channels=128, attention_channels=128),
+    "mscale_ocr_hrnet_w18_small_v1": HRNetOCRArgs(
+        "w18_small_v1", "MscaleOCR with HRNetV2-W18-Small-v1 and narrow heads: the CPU demo's model",
+        ocr_mid_channels=128, ocr_key_channels=64, attention_channels=64),
+    "ocr_hrnet_w48": HRNetOCRArgs(
+        "w48", "single-scale HRNetV2-W48 + OCR (NVIDIA's ocrnet.HRNet; its checkpoints lack scale_attn.*)",
+        multiscale=False),
+    "ocr_hrnet_w18_small": HRNetOCRArgs(
+        "w18_small", "single-scale HRNetV2-W18-Small-v2 + narrow OCR head: the cheapest model of the family",
+        multiscale=False, ocr_mid_channels=256, ocr_key_channels=128),
+}  # fmt: skip
 
 
-def mscale_ocr_hrnet_w32(
-    *,
-    num_classes: int = 19,
-    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
-    train_scales: Sequence[float] = (0.5, 1.0),
-    ocr_mid_channels: int = 512,
-    ocr_key_channels: int = 256,
-    attention_channels: int = 256,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    resize_recompute_scale_factor: bool = True,
-) -> MscaleOCR:
-    """MscaleOCR with HRNetV2-W32."""
-    return _mscale_ocr(
-        "w32", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer, resize_recompute_scale_factor,
-    )  # fmt: skip
+def _variant_args(variant: str, multiscale: bool, allowed: Sequence[str], overrides: dict) -> HRNetOCRArgs:
+    args = HRNET_OCR_VARIANTS[variant]
+    if args.multiscale != multiscale:
+        raise ValueError(f"{variant!r} is {'an MscaleOCR' if args.multiscale else 'an OCRNet'} variant")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise TypeError(f"{variant}() got an unexpected keyword argument {unknown[0]!r}")
+    return replace(args, **overrides)
 
 
-def mscale_ocr_hrnet_w18(
-    *,
-    num_classes: int = 19,
-    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
-    train_scales: Sequence[float] = (0.5, 1.0),
-    ocr_mid_channels: int = 512,
-    ocr_key_channels: int = 256,
-    attention_channels: int = 256,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    resize_recompute_scale_factor: bool = True,
-) -> MscaleOCR:
-    """MscaleOCR with HRNetV2-W18."""
-    return _mscale_ocr(
-        "w18", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer, resize_recompute_scale_factor,
-    )  # fmt: skip
+def create_mscale_ocr(variant: str, *, num_classes: int = 19, **overrides) -> MscaleOCR:
+    """Build the `MscaleOCR` variant registered as ``variant`` (a key of `HRNET_OCR_VARIANTS`).
+
+    Args:
+        variant: registered name, e.g. ``"mscale_ocr_hrnet_w48"``.
+        num_classes: output classes.
+        **overrides: any of ``eval_scales``, ``train_scales``, ``ocr_mid_channels``, ``ocr_key_channels``,
+            ``attention_channels``, ``norm_layer``, ``resize_recompute_scale_factor`` (defaults: the variant's).
+
+    Raises:
+        TypeError: a keyword this model does not take.
+    """
+    args = _variant_args(variant, True, _MSCALE_KEYWORDS, overrides)
+    backbone = hrnet(args.hrnet, norm_layer=args.norm_layer)
+    ocr = OCRHead(backbone.concat_channels, num_classes, args.ocr_mid_channels, args.ocr_key_channels,
+                  norm_layer=args.norm_layer)
+    scale_attn = ScaleAttentionHead(args.ocr_mid_channels, args.attention_channels, norm_layer=args.norm_layer)
+    return MscaleOCR(backbone, ocr, scale_attn, eval_scales=args.eval_scales, train_scales=args.train_scales,
+                     resize_recompute_scale_factor=args.resize_recompute_scale_factor)
 
 
-def mscale_ocr_hrnet_w18_small(
-    *,
-    num_classes: int = 19,
-    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
-    train_scales: Sequence[float] = (0.5, 1.0),
-    ocr_mid_channels: int = 256,
-    ocr_key_channels: int = 128,
-    attention_channels: int = 128,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    resize_recompute_scale_factor: bool = True,
-) -> MscaleOCR:
-    """MscaleOCR with HRNetV2-W18-Small-v2 and narrower OCR/attention heads: small enough for CPU demos/tests."""
-    return _mscale_ocr(
-        "w18_small", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels, attention_channels,
-        norm_layer, resize_recompute_scale_factor,
-    )  # fmt: skip
+def create_ocrnet(variant: str, *, num_classes: int = 19, **overrides) -> OCRNet:
+    """Build the single-scale `OCRNet` variant registered as ``variant`` (a key of `HRNET_OCR_VARIANTS`).
 
+    Args:
+        variant: registered name, e.g. ``"ocr_hrnet_w48"``.
+        num_classes: output classes.
+        **overrides: any of ``ocr_mid_channels``, ``ocr_key_channels``, ``norm_layer`` (defaults: the variant's).
 
-def mscale_ocr_hrnet_w18_small_v1(
-    *,
-    num_classes: int = 19,
-    eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
-    train_scales: Sequence[float] = (0.5, 1.0),
-    ocr_mid_channels: int = 128,
-    ocr_key_channels: int = 64,
-    attention_channels: int = 64,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    resize_recompute_scale_factor: bool = True,
-) -> MscaleOCR:
-    """MscaleOCR with HRNetV2-W18-Small-v1 and narrow heads: the CPU demo's model (half the step time of v2)."""
-    return _mscale_ocr(
-        "w18_small_v1", num_classes, eval_scales, train_scales, ocr_mid_channels, ocr_key_channels,
-        attention_channels, norm_layer, resize_recompute_scale_factor,
-    )  # fmt: skip
-
-
-def _ocrnet(variant: str, num_classes: int, ocr_mid_channels: int, ocr_key_channels: int, norm_layer: NormLayer):
-    backbone = hrnet(variant, norm_layer=norm_layer)
-    ocr = OCRHead(backbone.concat_channels, num_classes, ocr_mid_channels, ocr_key_channels, norm_layer=norm_layer)
+    Raises:
+        TypeError: a keyword this model does not take.
+    """
+    args = _variant_args(variant, False, _OCRNET_KEYWORDS, overrides)
+    backbone = hrnet(args.hrnet, norm_layer=args.norm_layer)
+    ocr = OCRHead(backbone.concat_channels, num_classes, args.ocr_mid_channels, args.ocr_key_channels,
+                  norm_layer=args.norm_layer)
     return OCRNet(backbone, ocr)
 
 
-def ocr_hrnet_w48(
-    *,
-    num_classes: int = 19,
-    ocr_mid_channels: int = 512,
-    ocr_key_channels: int = 256,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> OCRNet:
-    """Single-scale HRNetV2-W48 + OCR (NVIDIA's ``ocrnet.HRNet``; its checkpoints lack `scale_attn.*`)."""
-    return _ocrnet("w48", num_classes, ocr_mid_channels, ocr_key_channels, norm_layer)
+def _builder(name: str, args: HRNetOCRArgs) -> Callable[..., nn.Module]:
+    builder = partial(create_mscale_ocr if args.multiscale else create_ocrnet, name)
+    builder.__doc__ = args.description
+    return builder
 
 
-def ocr_hrnet_w18_small(
-    *,
-    num_classes: int = 19,
-    ocr_mid_channels: int = 256,
-    ocr_key_channels: int = 128,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> OCRNet:
-    """Single-scale HRNetV2-W18-Small-v2 + narrow OCR head: the cheapest model of the family."""
-    return _ocrnet("w18_small", num_classes, ocr_mid_channels, ocr_key_channels, norm_layer)
-
-
+# name -> builder(*, num_classes=..., **overrides): the variant name bound to its class's create function.
 MSCALE_MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "mscale_ocr_hrnet_w48": mscale_ocr_hrnet_w48,
-    "mscale_ocr_hrnet_w32": mscale_ocr_hrnet_w32,
-    "mscale_ocr_hrnet_w18": mscale_ocr_hrnet_w18,
-    "mscale_ocr_hrnet_w18_small": mscale_ocr_hrnet_w18_small,
-    "mscale_ocr_hrnet_w18_small_v1": mscale_ocr_hrnet_w18_small_v1,
-    "ocr_hrnet_w48": ocr_hrnet_w48,
-    "ocr_hrnet_w18_small": ocr_hrnet_w18_small,
+    name: _builder(name, args) for name, args in HRNET_OCR_VARIANTS.items()
 }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# NVIDIA checkpoint conversion
-# --------------------------------------------------------------------------------------------------------------
-def convert_nvidia_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
-    """State dict of an NVIDIA/semantic-segmentation checkpoint in our layout (which is theirs minus `module.`).
-
-    Args:
-        checkpoint: the loaded `.pth` (a dict with a ``"state_dict"`` entry, as `train.py` writes it) or a bare
-            state dict, with or without the DataParallel ``module.`` prefix.
-
-    Returns:
-        A new dict that `MscaleOCR`/`OCRNet` of the matching width load with ``strict=True``.
-
-    Raises:
-        ValueError: the mapping holds no tensors (not a checkpoint).
-    """
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    if not isinstance(state, Mapping):
-        raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(state).__name__}")
-    converted = {key.removeprefix("module."): value for key, value in state.items() if torch.is_tensor(value)}
-    if not converted:
-        raise ValueError("the checkpoint holds no tensors; expected a dict with 'state_dict' or a bare state dict")
-    return converted

@@ -1,13 +1,11 @@
-"""Foreign checkpoint layouts for MscaleOCR besides NVIDIA's own release.
+"""PaddleSeg checkpoints of the HRNet + OCR family: their key signature and converter.
 
 Our MscaleOCR `state_dict()` follows the NVIDIA/semantic-segmentation layout (``backbone.*``, ``ocr.*``,
-``scale_attn.*``). This module remaps two other layouts onto it:
-
-* PaddleSeg ``contrib/CityscapesSOTA`` ``.pdparams`` (``MscaleOCRNet`` with ``HRNet_W48_NV``), and the
-  Mapillary-pretrained OCRNet ``pretrained.pdparams`` that its config loads for initialisation (same naming,
-  no scale-attention head, Mapillary class count; keys with or without the ``ocrnet.`` prefix).
-* The ImageNet HRNet-W48 classification checkpoint (``hrnetv2_w48_imagenet_pretrained.pth``) that NVIDIA's
-  ``HighResolutionNet.init_weights`` loads into the backbone.
+``scale_attn.*``). This module remaps PaddleSeg ``contrib/CityscapesSOTA`` ``.pdparams`` (``MscaleOCRNet`` with
+``HRNet_W48_NV``) onto it, and the Mapillary-pretrained OCRNet ``pretrained.pdparams`` that its config loads for
+initialisation (same naming, no scale-attention head, Mapillary class count; keys with or without the ``ocrnet.``
+prefix). The ImageNet HRNet backbone checkpoint has its converter beside the backbone
+(`attnseg.models.backbones.hrnet`).
 
 The Paddle remap is one explicit rule per module kind (stem, bottleneck, transition, branch block, fuse
 layer, OCR head parts, attention head). Paddle ``ConvBN``/``ConvBNReLU`` layers hold ``_conv`` and
@@ -19,12 +17,12 @@ unchanged. Torch BN counters (``num_batches_tracked``) do not exist in Paddle an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-# Paddle BN leaf -> torch BN leaf.
-_BN_LEAVES = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
+from attnseg.models.state_dicts import PADDLE_BN_LEAVES, as_tensor
+
 _CONV_LEAVES = ("weight", "bias")
 
 # A module rule maps a Paddle module path (regex match) to either ("convbn", conv path, bn path) or
@@ -143,6 +141,12 @@ _PADDLE_MSCALE_RULES: tuple[_Rule, ...] = tuple(
 )
 
 
+def is_paddle_mscale_layout(keys: Iterable[str]) -> bool:
+    """Key signature of a PaddleSeg MscaleOCRNet / OCRNet (given a Paddle layout): ``ocrnet.``/``scale_attn.``
+    prefixes, the ``spatial_ocr`` head or the HRNet_W48_NV stem ``conv_layer1_1``."""
+    return any(k.startswith(("ocrnet.", "scale_attn.")) or ".spatial_ocr." in k or "conv_layer1_1" in k for k in keys)
+
+
 def _split_paddle_key(key: str) -> tuple[str, str, str]:
     """``(module path, part, leaf)`` with part ``"conv"``, ``"bn"`` or ``"plain"`` (a bare Conv2D)."""
     for marker, part in (("._conv.", "conv"), ("._batch_norm.", "bn")):
@@ -180,14 +184,9 @@ def paddle_key_to_torch(key: str) -> str:
         if leaf not in _CONV_LEAVES:
             raise KeyError(f"PaddleSeg key {key!r}: unknown conv parameter {leaf!r}")
         return f"{target[1]}.{leaf}"
-    if leaf not in _BN_LEAVES:
+    if leaf not in PADDLE_BN_LEAVES:
         raise KeyError(f"PaddleSeg key {key!r}: unknown batch-norm entry {leaf!r}")
-    return f"{target[2]}.{_BN_LEAVES[leaf]}"
-
-
-def _as_tensor(value) -> torch.Tensor:
-    # Paddle state dicts hold numpy arrays (or tensors when built in memory); copy so the result owns its data.
-    return value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return f"{target[2]}.{PADDLE_BN_LEAVES[leaf]}"
 
 
 def _check_conv_bn_shapes(state: Mapping[str, torch.Tensor], bn_to_conv: Mapping[str, str]) -> None:
@@ -239,7 +238,7 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, object]) -> dict[str, t
         torch_key = paddle_key_to_torch(key)
         if torch_key in state:
             raise ValueError(f"PaddleSeg keys map twice onto {torch_key!r} (duplicate with and without 'ocrnet.'?)")
-        state[torch_key] = _as_tensor(value)
+        state[torch_key] = as_tensor(value)
         module, part, _ = _split_paddle_key(key)
         if part == "bn":
             target = _module_target(module)
@@ -250,34 +249,4 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, object]) -> dict[str, t
     return state
 
 
-# ---------------------------------------------------------------------------------------------------------
-# ImageNet HRNet-W48 (HRNet-Image-Classification release), as loaded by NVIDIA's HighResolutionNet
-# ---------------------------------------------------------------------------------------------------------
-# The classification checkpoint uses the same module names as the segmentation backbone for everything up to
-# stage 4; its classification neck (incre_modules, downsamp_modules, final_layer, classifier) has no
-# counterpart and is dropped, as NVIDIA's init_weights drops every key its model does not have.
-_HRNET_BACKBONE_ROOTS = frozenset(
-    {"conv1", "bn1", "conv2", "bn2", "layer1"}
-    | {"transition1", "transition2", "transition3", "stage2", "stage3", "stage4"}
-)
-
-
-def convert_hrnet_imagenet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Backbone entries of an ImageNet HRNet-W48 checkpoint under our ``backbone.`` prefix.
-
-    Args:
-        state: ``hrnetv2_w48_imagenet_pretrained.pth`` contents (optionally with ``module.``/``model.`` prefixes).
-
-    Returns:
-        ``backbone.<key>`` -> tensor for stem, stage-1 bottlenecks, transitions and stages 2-4; the ImageNet
-        classification neck is left out. Use for initialisation (`attnseg.weights.load_pretrained`).
-    """
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        name = key.removeprefix("module.").removeprefix("model.")
-        if name.split(".", 1)[0] in _HRNET_BACKBONE_ROOTS:
-            converted[f"backbone.{name}"] = _as_tensor(value)
-    return converted
-
-
-__all__ = ["convert_hrnet_imagenet_state_dict", "convert_paddle_state_dict", "paddle_key_to_torch"]
+__all__ = ["convert_paddle_state_dict", "is_paddle_mscale_layout", "paddle_key_to_torch"]
