@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     def probabilities(path: Path):
         return predictor(path, return_probabilities=True)[1]
 
+    from attnseg.cli import notes
+
+    notes.flush()
     mine = items[context.rank :: context.world_size]
     bar = (lambda it: tqdm(it, desc="autolabel", unit="image", dynamic_ncols=True, disable=args.no_progress
                            or not context.is_main))  # fmt: skip

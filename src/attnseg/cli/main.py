@@ -79,7 +79,7 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.A
 
 # Commands whose speed suffers when they run more threads than there are free cores (the demo and the benchmark
 # plan their own threads).
-THREAD_PLANNED_COMMANDS = ("train", "eval", "predict")
+THREAD_PLANNED_COMMANDS = ("train", "eval", "predict", "autolabel")
 
 
 def _fit_threads_to_free_cores() -> None:
@@ -93,10 +93,12 @@ def _fit_threads_to_free_cores() -> None:
 
     from attnseg.hardware import plan_threads
 
+    from attnseg.cli import notes
+
     plan = plan_threads(torch.get_num_threads())
     if plan.threads < torch.get_num_threads():
         torch.set_num_threads(plan.threads)
-        print(plan.reason, file=sys.stderr, flush=True)
+        notes.defer(plan.reason)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(error, file=sys.stderr)
         return 2
+    from attnseg.cli import notes
+
     try:
         validate = getattr(args, "validate", None)
         if validate is not None:
@@ -116,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except (AttnsegError, FileNotFoundError) as error:
         # Errors about the user's data or options carry their own explanation; a traceback would bury it.
+        notes.discard()
         print(f"attnseg {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        notes.flush()
         print(f"attnseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    notes.flush()
     return int(result or 0)
 
 

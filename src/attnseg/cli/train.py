@@ -219,6 +219,9 @@ def _train(config: Any, run_dir: Path, context: Any, *, resume: bool, progress: 
             save_config(as_given, run_dir / "config.yaml")
             _record_resume(run_dir, trainer.iteration, changes or {})
             print(f"resumed {run_dir} at iteration {trainer.iteration} (epoch {trainer.epoch})", file=sys.stderr)
+    from attnseg.cli import notes
+
+    notes.flush()
     summary = trainer.train()
     if context.is_main:
         print(json.dumps({"run_dir": str(run_dir), **summary}))
