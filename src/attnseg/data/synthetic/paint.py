@@ -1,8 +1,8 @@
 """Colours and textures: the per-image noise fields, colour helpers and the painters of the street's surfaces.
 
 A painter is called with the bounding box (x0, y0, x1, y1) of the pixels its shape owns and returns their RGB; the
-scene copies only the owned pixels. Each ``*_painter`` function draws its colours from `rng` when it is called (so the
-order of those calls is part of what a seed draws) and returns the closure.
+scene copies only the owned pixels. The painter factories that take `rng` draw their colours from it when called (so
+the order of those calls is part of what a seed draws) and return the closure.
 """
 
 from __future__ import annotations
