@@ -164,6 +164,10 @@ def test_every_case_row_names_a_registered_model():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_training_step_reaches_every_parameter(name):
+    check_training_step(name)
+
+
+def check_training_step(name: str) -> None:
     case, model = case_of(name), build(name).train()
     images = torch.randn(TRAIN_SHAPE)
     labels = torch.randint(0, NUM_CLASSES, (TRAIN_SHAPE[0], *TRAIN_SHAPE[2:]))
@@ -189,6 +193,10 @@ def test_training_step_reaches_every_parameter(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_eval_forward_is_deterministic_and_leaves_the_model_unchanged(name):
+    check_eval_forward(name)
+
+
+def check_eval_forward(name: str) -> None:
     case, model = case_of(name), build(name).eval()
     images = torch.randn(EVAL_SHAPE)
     state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -217,6 +225,10 @@ def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
 def test_onnx_export_matches_onnxruntime(name, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
+    check_onnx_export(name, tmp_path)
+
+
+def check_onnx_export(name: str, tmp_path: Path) -> None:
     # The wrapper must be in eval mode itself: export restores the wrapper's mode, and a wrapper left in train mode
     # would put the model back into train mode (BatchNorm on batch statistics) after tracing it in eval mode.
     model = FusedLogits(build(name)).eval()
@@ -236,3 +248,67 @@ def test_onnx_export_matches_onnxruntime(name, tmp_path):
     assert actual.shape == expected.shape == (EVAL_SHAPE[0], NUM_CLASSES, *EVAL_SHAPE[2:])
     error = float((actual - expected).abs().max() / expected.abs().max())
     assert error <= ONNX_TOLERANCE, f"{name}: ONNX Runtime differs from PyTorch by {error:.2e} (relative)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The checks themselves, on a model registered at test time (no row in CASES): what a new builder goes through
+# ---------------------------------------------------------------------------------------------------------------
+class ProbeNet(nn.Module):
+    """Conv-BN-ReLU and a classifier at half resolution; `dead_head` adds a head that forward never uses."""
+
+    def __init__(self, num_classes: int, dead_head: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.classifier = nn.Conv2d(8, num_classes, 1)
+        self.dead = nn.Conv2d(8, num_classes, 1) if dead_head else None
+
+    def forward(self, images: torch.Tensor) -> SegmentationOutput:
+        logits = self.classifier(self.body(images))
+        return SegmentationOutput(logits=nn.functional.interpolate(logits, size=images.shape[-2:], mode="bilinear"))
+
+
+@pytest.fixture
+def register(monkeypatch):
+    from attnseg.models import MODEL_BUILDERS
+
+    def add(name: str, builder: Callable[..., nn.Module]) -> str:
+        monkeypatch.setitem(MODEL_BUILDERS, name, builder)
+        return name
+
+    return add
+
+
+def test_a_model_registered_without_a_row_passes_every_check(register, tmp_path):
+    name = register("family_probe", lambda num_classes: ProbeNet(num_classes))
+    assert name not in CASES
+    check_training_step(name)
+    check_eval_forward(name)
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    check_onnx_export(name, tmp_path)
+
+
+def test_a_parameter_without_gradient_fails_unless_its_row_says_why(register, monkeypatch):
+    name = register("family_probe_dead_head", lambda num_classes: ProbeNet(num_classes, dead_head=True))
+    with pytest.raises(AssertionError, match=r"no \(or an all-zero\) gradient for 2 parameters: \['dead.bias', 'dead.weight'\]"):
+        check_training_step(name)
+    reasons = {"dead.weight": "test: unused head", "dead.bias": "test: unused head"}
+    monkeypatch.setitem(CASES, name, ModelCase(no_gradient=reasons))
+    check_training_step(name)
+
+
+def test_a_model_that_changes_in_eval_or_returns_the_wrong_shape_fails(register):
+    class Drifting(ProbeNet):
+        def forward(self, images: torch.Tensor) -> SegmentationOutput:
+            self.classifier.bias.data += 1.0  # a state change in eval mode
+            return super().forward(images)
+
+    with pytest.raises(AssertionError, match="differ between runs"):
+        check_eval_forward(register("family_probe_drifting", lambda num_classes: Drifting(num_classes)))
+
+    class HalfSize(ProbeNet):
+        def forward(self, images: torch.Tensor) -> SegmentationOutput:
+            return SegmentationOutput(logits=self.classifier(self.body(images)))
+
+    with pytest.raises(AssertionError):
+        check_eval_forward(register("family_probe_half_size", lambda num_classes: HalfSize(num_classes)))
