@@ -290,7 +290,8 @@ def test_a_model_registered_without_a_row_passes_every_check(register, tmp_path)
 
 def test_a_parameter_without_gradient_fails_unless_its_row_says_why(register, monkeypatch):
     name = register("family_probe_dead_head", lambda num_classes: ProbeNet(num_classes, dead_head=True))
-    with pytest.raises(AssertionError, match=r"no \(or an all-zero\) gradient for 2 parameters: \['dead.bias', 'dead.weight'\]"):
+    expected = r"no \(or an all-zero\) gradient for 2 parameters: \['dead.bias', 'dead.weight'\]"
+    with pytest.raises(AssertionError, match=expected):
         check_training_step(name)
     reasons = {"dead.weight": "test: unused head", "dead.bias": "test: unused head"}
     monkeypatch.setitem(CASES, name, ModelCase(no_gradient=reasons))
