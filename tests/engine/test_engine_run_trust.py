@@ -20,11 +20,11 @@ from attnseg.config import load_config, save_config
 from attnseg.engine.checkpoint import capture_rng_state, load_training_state, restore_rng_state, training_state_path
 from attnseg.engine.run_lock import LOCK_NAME, RunLock, RunLockedError
 
+import train_worker
+from test_engine_training import _env, _run
+
 HERE = Path(__file__).parent
 CONFIG = HERE.parents[1] / "configs" / "synthetic_psanet_cpu.yaml"
-sys.path.insert(0, str(HERE))
-import train_worker  # noqa: E402
-from test_engine_training import _env, _run  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@ learning rate and mIoU at the logged iterations, and the image | prediction | la
 
 import io
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +14,11 @@ from attnseg.config.training import build_optimizer
 from attnseg.engine.optim import poly_lr
 from attnseg.engine.trainer import Trainer
 
+import train_worker
+
 pytest.importorskip("tensorboard", reason="tensorboard is the optional `tensorboard` extra (also in `dev`)")
 from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-import train_worker  # noqa: E402
 
 
 def test_events_hold_every_loss_term_lr_miou_and_overlays(tmp_path):

@@ -22,11 +22,11 @@ from attnseg.config.training import build_criterion_from_config
 from attnseg.engine.trainer import Trainer
 from attnseg.models import create_model
 
+import train_worker
+
 HERE = Path(__file__).parent
 WORKER = HERE / "train_worker.py"
 CONFIGS = HERE.parents[1] / "configs"
-sys.path.insert(0, str(HERE))
-import train_worker  # noqa: E402
 
 
 def _env():
