@@ -236,3 +236,34 @@ def test_parallel_centroids_equal_serial():
     order_p = np.lexsort((parallel.xs, parallel.ys, parallel.class_ids, parallel.items))
     for name in ("items", "class_ids", "ys", "xs"):
         np.testing.assert_array_equal(getattr(serial, name)[order_s], getattr(parallel, name)[order_p])
+
+
+def test_centroid_cache_every_rank_reaches_the_barrier_even_when_the_file_appears_early(tmp_path):
+    """The race behind a torchrun hang under load: the other rank looked at the cache after rank 0 had written it,
+    skipped the barrier rank 0 was waiting at, and the two deadlocked at their next collective operations."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+    saved = threading.Event()
+    results, errors = {}, []
+
+    def writer_barrier():  # rank 0 reaches its barrier with the file saved
+        saved.set()
+        barrier.wait()
+
+    def rank(is_writer):
+        try:
+            if not is_writer:
+                saved.wait(10)  # a late rank: the file is already there when it looks
+            table = cached_centroids(tmp_path, "key", lambda: CentroidTable.from_rows([(0, 1, 2, 3)]),
+                                     is_writer=is_writer, barrier=writer_barrier if is_writer else barrier.wait)
+            results[is_writer] = table.items
+        except threading.BrokenBarrierError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=rank, args=(flag,)) for flag in (True, False)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and np.array_equal(results[True], results[False])

@@ -205,19 +205,22 @@ def cached_centroids(
 ) -> CentroidTable:
     """Loads ``centroids_<fingerprint>.npz`` from `cache_dir`, or computes and writes it.
 
-    In a distributed run, only the writer (rank 0) computes; the others wait at `barrier` and then read the file.
+    In a distributed run, only the writer (rank 0) looks at the cache and computes; every other rank waits at
+    `barrier` first and then reads the file. The others must not look at the file before the barrier: one that found
+    it already written would skip the barrier the writer is waiting at, and the two would deadlock at their next
+    collective operations (seen under load: rank 1 in DDP's first buffer broadcast, rank 0 here).
     """
     path = Path(cache_dir) / f"centroids_{fingerprint}.npz"
-    if path.is_file():
-        return CentroidTable.load(path)
+    table = None
     if is_writer:
-        table = compute()
-        table.save(path)
+        if path.is_file():
+            table = CentroidTable.load(path)
+        else:
+            table = compute()
+            table.save(path)
     if barrier is not None:
         barrier()
-    if not is_writer:
-        return CentroidTable.load(path)
-    return table
+    return table if table is not None else CentroidTable.load(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
