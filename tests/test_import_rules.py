@@ -1,6 +1,7 @@
 """Architecture rules: models depend only on torch and themselves; engine/inference never read configs."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,17 @@ def test_library_code_does_not_read_configs(folder):
             assert not name.startswith("attnseg.config"), (
                 f"{path.relative_to(PACKAGE)} imports {name}: only the CLI and builders read configs"
             )
+
+
+# The scales seam (issue #17): eval scales reach MscaleOCR as a forward argument, never by setting the attribute,
+# and "does this model fuse scales" is `attnseg.models.fuses_scales`, not an attribute test.
+SCALES_MUTATION = re.compile(r"\.eval_scales\s*=(?!=)|\.keep_scale_outputs\s*=(?!=)|setattr\([^)]*[\"']eval_scales")
+SCALES_TYPE_TEST = re.compile(r"hasattr\([^)]*[\"'](eval_scales|keep_scale_outputs)[\"']")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_eval_scales_assignment_or_attribute_test(path):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        where = f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        assert not SCALES_MUTATION.search(line), f"{where}: pass scales=... to the model's forward instead"
+        assert not SCALES_TYPE_TEST.search(line), f"{where}: use attnseg.models.fuses_scales(model)"

@@ -231,23 +231,22 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
         except ConfigError as error:
             raise ConfigError(f"{scales_flag}: {error}") from None
     _check_recipe_fits(model, eval_cfg)
-    if getattr(args, "compile", False) or (eval_cfg.precision == "bf16" and device.type == "cpu"):
-        from attnseg.export.runtime import prepare_fast_model
+    if getattr(args, "backend", "torch") == "torch":
+        from attnseg.inference.fast_path import apply_fast_path
 
-        prepare_fast_model(model, channels_last=eval_cfg.precision == "bf16", compile=args.compile)
+        apply_fast_path(model, eval_cfg.precision, device, compile=bool(getattr(args, "compile", False)))
     return EvalSetup(eval_cfg, data_cfg, device, model, class_names, palette, description, dataset)
 
 
 def _check_recipe_fits(model, eval_cfg) -> None:
     """Raise the recipe's own errors (a sliding window without a size, scales the model cannot fuse) now, before
     any output folder is made."""
-    from attnseg.inference.evaluate import InferenceRecipe, inference_state
+    from attnseg.inference.evaluate import InferenceRecipe, model_forward
 
     recipe = InferenceRecipe(scales=tuple(eval_cfg.scales), multi_scale=eval_cfg.multi_scale, flip=eval_cfg.flip,
                              mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride,
                              precision=eval_cfg.precision, fusion=eval_cfg.fusion)  # fmt: skip
-    with inference_state(model, recipe):
-        pass
+    model_forward(model, recipe)
 
 
 def _callbacks(args: argparse.Namespace, setup: EvalSetup, sizes: set) -> tuple[list, Any, bool]:

@@ -340,10 +340,10 @@ def build_predictor(args: argparse.Namespace, log: _PlanLog):
         multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip), fusion=args.fusion or "softmax",
         max_memory_bytes=args.max_memory if args.max_memory is not None else "auto", **tiling,
     )  # fmt: skip
-    if getattr(args, "compile", False) or (args.precision == "bf16" and predictor.device.type == "cpu"):
-        from attnseg.export.runtime import prepare_fast_model
+    from attnseg.inference.fast_path import apply_fast_path
 
-        prepare_fast_model(predictor.model, channels_last=args.precision == "bf16", compile=args.compile)
+    apply_fast_path(predictor.model, args.precision or "fp32", predictor.device,
+                    compile=bool(getattr(args, "compile", False)))
     return predictor
 
 

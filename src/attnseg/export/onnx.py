@@ -8,8 +8,9 @@ What gets exported is `ExportWrapper(model)`: normalised NCHW float32 images in,
   Cityscapes label map is then 2 MB instead of 16 MB at 1024x2048, and an id fits in it exactly. The graph ends
   with ArgMax (first maximal index, like ``torch.argmax``) followed by Cast.
 
-MscaleOCR's hierarchical multi-scale inference is exported as ONE graph: the Python loop over `eval_scales` is
-unrolled by tracing, so the scale list is fixed at export time (``scales``) and recorded in the sidecar.
+MscaleOCR's hierarchical multi-scale inference is exported as ONE graph (`attnseg.models.FixedScales`): the Python
+loop over the scales is unrolled by tracing, so the scale list is fixed at export time (``scales``) and recorded in
+the sidecar.
 
 Memory: the tracing exporter keeps every intermediate of the example forward, so exporting at 1024x2048 takes
 15-19 GB (PERF_NOTES). With ``dynamic=True`` the graph is traced at a small size (`DYNAMIC_TRACE_SIZE`) with
@@ -23,11 +24,10 @@ and the attnseg version; `read_export_sidecar` reads it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,9 @@ from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.fileio import atomic_path, atomic_write_text
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.inference.evaluate import eval_mode
+from attnseg.models import FixedScales
+from attnseg.models.outputs import logits_of
 from attnseg.weights import ModelDescription
 
 OutputOp = Literal["logits", "softmax", "argmax"]
@@ -189,39 +191,12 @@ class ExportWrapper(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         result = self.model(images)
-        logits = result.logits if isinstance(result, SegmentationOutput) else result
+        logits = logits_of(result)
         if self.output == "softmax":
             return torch.softmax(logits, dim=1)
         if self.output == "argmax":
             return logits.argmax(dim=1).to(labels_dtype(logits.shape[1]))
         return logits
-
-
-@contextlib.contextmanager
-def inference_scales(model: nn.Module, scales: Sequence[float] | None) -> Iterator[tuple[float, ...]]:
-    """Eval mode with `scales` fused inside the model (MscaleOCR's `eval_scales`) and no per-scale outputs kept;
-    restores the model's mode and attributes on exit. Yields the scales in effect.
-
-    Raises:
-        ValueError: scales other than (1.0,) for a model without hierarchical fusion.
-    """
-    saved = {name: getattr(model, name) for name in ("eval_scales", "keep_scale_outputs") if hasattr(model, name)}
-    was_training = model.training
-    if scales is not None:
-        scales = tuple(float(s) for s in scales)
-        if "eval_scales" in saved:
-            model.eval_scales = scales
-        elif scales != (1.0,):
-            raise ValueError(f"{type(model).__name__} has no multi-scale fusion; only scales [1.0] can be exported")
-    if "keep_scale_outputs" in saved:
-        model.keep_scale_outputs = False
-    model.eval()
-    try:
-        yield tuple(getattr(model, "eval_scales", (1.0,)))
-    finally:
-        for name, value in saved.items():
-            setattr(model, name, value)
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,8 +279,7 @@ def _declared_classes(sidecar: Any) -> int | None:
 def _num_classes(wrapper: ExportWrapper, images: torch.Tensor) -> int:
     with torch.inference_mode():
         result = wrapper.model(images)
-    logits = result.logits if isinstance(result, SegmentationOutput) else result
-    return int(logits.shape[1])
+    return int(logits_of(result).shape[1])
 
 
 def export_onnx(
@@ -325,14 +299,14 @@ def export_onnx(
     """Export `model` to an ONNX file plus its sidecar ``<path>.json``.
 
     Args:
-        model: an attnseg segmentation model (its mode and `eval_scales` are restored afterwards).
+        model: an attnseg segmentation model (its train/eval mode is restored afterwards).
         path: target ``.onnx`` file.
         input_shape: (N, 3, H, W) the graph is made for; with `dynamic` only recorded as the typical shape.
         dynamic: symbolic batch, height and width; the graph is traced at `trace_size` (default
             `DYNAMIC_TRACE_SIZE`) instead of `input_shape`, which keeps the export's memory small.
         output: ``"logits"``, ``"softmax"`` or ``"argmax"`` (uint8 ids).
-        scales: scales fused inside the graph for MscaleOCR (default: the model's `eval_scales`); a model without
-            multi-scale fusion accepts only ``[1.0]``.
+        scales: scales fused inside the graph for MscaleOCR (default: the model's `eval_scales`): the graph is
+            that of `attnseg.models.FixedScales`; a model without multi-scale fusion accepts only ``[1.0]``.
         opset: ONNX opset version.
         sidecar: the checkpoint's `CheckpointSidecar` (or a mapping with model/model_kwargs/class_names/palette/
             mean/std); None uses Cityscapes names/palette (19 classes) and ImageNet mean/std.
@@ -371,8 +345,10 @@ def export_onnx(
     output_name = OUTPUT_NAMES[output]
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    with inference_scales(model, scales) as used_scales, atomic_path(path) as temp:
-        wrapper = ExportWrapper(model, output).eval()
+    fixed = FixedScales(model, scales)
+    used_scales = fixed.scales
+    with eval_mode(model), atomic_path(path) as temp:
+        wrapper = ExportWrapper(fixed, output).eval()
         images = example_input(trace_shape)
         num_classes = _declared_classes(sidecar) or _num_classes(wrapper, example_input((1, *trace_shape[1:])))
         dynamic_axes = None

@@ -1,7 +1,7 @@
 """Model-agnostic test-time augmentation: average predictions over input scales and a horizontal flip.
 
 This works for any callable that maps normalised images to logits; it knows nothing about MscaleOCR. MscaleOCR's
-*hierarchical* fusion is a different thing that happens inside the model (`model.eval_scales`); the two compose:
+*hierarchical* fusion is a different thing that happens inside the model (``model(images, scales=...)``); the two compose:
 the reference Cityscapes recipes run the model in 3- or 5-scale hierarchical mode and add the flip here.
 
 How the passes are fused differs between the references, and both are offered:
@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from attnseg.inference.scales import Rounding, scaled_size
-from attnseg.inference.sliding import logits_of
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.models.outputs import SegmentationOutput, logits_of
 
 Fusion = Literal["softmax", "logits"]
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | SegmentationOutput"]
