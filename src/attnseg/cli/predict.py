@@ -44,7 +44,7 @@ MAX_LISTED = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from attnseg.cli.eval import add_recipe_arguments
+    from attnseg.cli.arguments import add_recipe_arguments
 
     parser = subparsers.add_parser(
         "predict",

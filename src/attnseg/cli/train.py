@@ -53,7 +53,7 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: the config does not load (unknown key, value out of range) or the class counts differ.
     """
-    from attnseg.cli.eval import dataset_class_count
+    from attnseg.config.build import dataset_class_count
     from attnseg.config import load_config
 
     config = load_config(args.config, args.overrides)

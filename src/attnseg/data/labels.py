@@ -119,3 +119,12 @@ def colorize_label_ids(label_ids: np.ndarray) -> np.ndarray:
     for label_id, label in LABELS_BY_ID.items():
         table[label_id] = label.color
     return table[np.asarray(label_ids, dtype=np.uint8)]
+
+
+def fallback_class_table(num_classes: int) -> tuple[list[str], np.ndarray]:
+    """Class names and (K, 3) uint8 RGB palette for a dataset or model without its own table: the Cityscapes names
+    and colours for 19 classes (what the synthetic scenes use), else ``class_<i>`` names and evenly spaced greys."""
+    if num_classes == NUM_CLASSES:
+        return list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE.copy()
+    values = np.linspace(0, 255, max(num_classes, 2)).astype(np.uint8)[:num_classes]
+    return [f"class_{i}" for i in range(num_classes)], np.stack([values] * 3, axis=1)

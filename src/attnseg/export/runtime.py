@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.export.onnx import ExportSidecar, labels_dtype, read_export_sidecar
+from attnseg.inference.eval_job import EvalModel
 from attnseg.inference.fast_path import bf16_supported, fast_forward, prepare_fast_model
 from attnseg.models import FixedScales
 
@@ -301,23 +303,54 @@ class BackendModule(nn.Module):
         return torch.from_numpy(self.backend.scores(images.detach().float().cpu().numpy())).to(images.device)
 
 
-def eval_backend_model(args: Any, eval_cfg: Any) -> tuple:
-    """What `attnseg eval --backend onnxruntime|openvino` evaluates: ``(module, mean, std, class_names, palette,
-    description, eval_cfg)``; the eval config's in-model scales are replaced by the exported graph's (1.0 outside).
+@dataclass(frozen=True)
+class BackendEvalModel:
+    """An exported model as `evaluate_model` runs it.
+
+    Attributes:
+        model: the backend as a module, with the sidecar's classes, palette and normalisation; on the CPU.
+        outside_scales: the scales the evaluation must run outside the graph ((1.0,) when the graph fuses its own),
+            None to keep the recipe's (average mode).
+        precision: the precision of the evaluation around the backend: fp32 (the backend computes in its own; an
+            autocast around it would do nothing).
+    """
+
+    model: EvalModel
+    outside_scales: tuple[float, ...] | None
+    precision: str = "fp32"
+
+
+def eval_backend_model(
+    weights: str | os.PathLike,
+    backend: str,
+    *,
+    precision: str | None = None,
+    compile: bool = False,
+    scales: Sequence[float] | None = None,
+    multi_scale: str = "hierarchical",
+) -> BackendEvalModel:
+    """What `attnseg eval --backend onnxruntime|openvino` evaluates.
+
+    Args:
+        weights: the ``.onnx`` / ``.xml`` file.
+        backend: ``"onnxruntime"`` or ``"openvino"`` (see `load_backend`).
+        precision: the backend's precision (``"fp32"`` / ``"bf16"``).
+        compile: refused (torch only), as by `load_backend`.
+        scales: the scales the user asked for (None: not given); in hierarchical mode they must be the graph's.
+        multi_scale: ``"hierarchical"`` (the graph fuses its scales, the evaluation runs at 1.0 outside) or
+            ``"average"`` (the scales are averaged outside the graph).
 
     Raises:
-        AttnsegError: sliding-window/hierarchical options that an exported graph cannot honour.
+        AttnsegError: an option the exported graph cannot honour.
     """
-    import dataclasses
-
-    runtime = load_backend(args.weights, args.backend, precision=args.precision, compile=bool(args.compile))
+    runtime = load_backend(weights, backend, precision=precision, compile=compile)
     sidecar = runtime.sidecar
-    if eval_cfg.multi_scale == "hierarchical":
-        if args.scales is not None:
-            check_scales_fit(sidecar, args.scales, args.weights)
-        eval_cfg = dataclasses.replace(eval_cfg, scales=(1.0,))
-    # The backend computes in its own precision; autocast around it would do nothing.
-    eval_cfg = dataclasses.replace(eval_cfg, precision="fp32")
-    description = f"{args.weights} ({sidecar.model}, {runtime.name}, in-graph scales {sidecar.scales})"
-    return (BackendModule(runtime), sidecar.mean, sidecar.std, sidecar.class_names, sidecar.palette, description,
-            eval_cfg)  # fmt: skip
+    outside_scales = None
+    if multi_scale == "hierarchical":
+        if scales is not None:
+            check_scales_fit(sidecar, scales, weights)
+        outside_scales = (1.0,)
+    description = f"{weights} ({sidecar.model}, {runtime.name}, in-graph scales {sidecar.scales})"
+    model = EvalModel(BackendModule(runtime), list(sidecar.class_names), np.asarray(sidecar.palette), description,
+                      tuple(sidecar.mean), tuple(sidecar.std), torch.device("cpu"))  # fmt: skip
+    return BackendEvalModel(model, outside_scales)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnseg.errors import ConfigError
+from attnseg.inference.scales import check_hierarchical_scales, check_scales
 from attnseg.inference.sliding import slide_inference
 from attnseg.inference.tta import Fusion, tta_inference_with_output
 from attnseg.metrics.confusion import ConfusionMatrix, SegmentationMetrics
@@ -52,10 +53,14 @@ class InferenceRecipe:
     fusion: Fusion = "softmax"
 
     def __post_init__(self) -> None:
-        if not self.scales or any(scale <= 0 for scale in self.scales):
-            raise ConfigError(f"eval scales must be positive, got {self.scales}")
+        if not self.scales:
+            raise ConfigError("eval scales: at least one scale is needed")
         if self.multi_scale not in ("hierarchical", "average"):
             raise ConfigError(f"multi_scale must be 'hierarchical' or 'average', got {self.multi_scale!r}")
+        # The one scale check (attnseg.inference.scales), as the config and the command line apply it.
+        check_scales(self.scales)
+        if self.multi_scale == "hierarchical":
+            check_hierarchical_scales(self.scales)
         if self.mode not in ("whole", "slide"):
             raise ConfigError(f"eval mode must be 'whole' or 'slide', got {self.mode!r}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):

@@ -4,8 +4,8 @@ from attnseg.models.mscale.fusion import (
     FusedOutputs,
     ScaleOutputs,
     hierarchical_fusion,
+    interpolate_size,
     resize_by_scale,
-    scaled_size,
     two_scale_fusion,
 )
 from attnseg.models.mscale.model import (
@@ -32,6 +32,7 @@ __all__ = [
     "ScaleOutputs",
     "convert_nvidia_state_dict",
     "hierarchical_fusion",
+    "interpolate_size",
     "mscale_ocr_hrnet_w18",
     "mscale_ocr_hrnet_w18_small",
     "mscale_ocr_hrnet_w18_small_v1",
@@ -40,6 +41,5 @@ __all__ = [
     "ocr_hrnet_w18_small",
     "ocr_hrnet_w48",
     "resize_by_scale",
-    "scaled_size",
     "two_scale_fusion",
 ]
