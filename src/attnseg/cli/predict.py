@@ -78,8 +78,8 @@ def validate(args: argparse.Namespace) -> None:
         except ConfigError as error:
             raise ConfigError(f"--scales {format_scales(args.scales)}: {error}") from None
     if args.crop is not None and args.stride is not None and any(s > c for s, c in zip(args.stride, args.crop)):
-        raise ConfigError(f"--stride {args.stride[0]},{args.stride[1]}: larger than --crop {args.crop[0]},{args.crop[1]}"
-                          " (windows would leave gaps)")
+        raise ConfigError(f"--stride {args.stride[0]},{args.stride[1]}: larger than --crop "
+                          f"{args.crop[0]},{args.crop[1]} (windows would leave gaps)")
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha {args.alpha:g}: the overlay opacity must be in [0, 1]")
 

@@ -327,10 +327,6 @@ def export_onnx(
     Raises:
         ExportError: non-standard operators in the graph, or a verification failure.
     """
-    onnx = require_optional("onnx")
-
-    import attnseg
-
     path = Path(path)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or shape[1] != 3:
@@ -342,46 +338,15 @@ def export_onnx(
         height, width = tuple(trace_size) if trace_size is not None else DYNAMIC_TRACE_SIZE
         trace_shape = (shape[0], 3, min(height, shape[2]), min(width, shape[3]))
     verify = dynamic if verify is None else verify
-    output_name = OUTPUT_NAMES[output]
     path.parent.mkdir(parents=True, exist_ok=True)
 
     fixed = FixedScales(model, scales)
-    used_scales = fixed.scales
     with eval_mode(model), atomic_path(path) as temp:
         wrapper = ExportWrapper(fixed, output).eval()
-        images = example_input(trace_shape)
         num_classes = _declared_classes(sidecar) or _num_classes(wrapper, example_input((1, *trace_shape[1:])))
-        dynamic_axes = None
-        if dynamic:
-            out_axes = {0: "batch", 2: "height", 3: "width"} if output != "argmax" else {0: "batch", 1: "height",
-                                                                                         2: "width"}  # fmt: skip
-            dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: out_axes}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes, deprecation notices
-            torch.onnx.export(
-                wrapper, (images,), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
-                opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
-            )  # fmt: skip
-        onnx.checker.check_model(str(temp))
-        foreign = non_standard_ops(onnx.load(str(temp), load_external_data=False))
-        if foreign:
-            raise ExportError(f"{path}: the graph uses non-standard operators {foreign}")
-
-        out_dtype = "float32" if output != "argmax" else str(labels_dtype(num_classes)).removeprefix("torch.")
-        info = _checkpoint_fields(sidecar, model, num_classes)
-        input_dims: list[int | str] = list(shape)
-        if dynamic:
-            input_dims = ["batch", 3, "height", "width"]
-        result = ExportSidecar(
-            model=str(info["model"]), model_kwargs=dict(info["model_kwargs"]), num_classes=num_classes,
-            class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
-            std=info["std"], input_shape=input_dims, output_name=output_name, output=output, output_dtype=out_dtype,
-            scales=[float(s) for s in used_scales], opset=opset, model_format="onnx", trace_shape=list(trace_shape),
-            attnseg_version=attnseg.__version__,
-        )  # fmt: skip
-        if len(info["class_names"]) != num_classes:
-            named = len(info["class_names"])
-            raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {named}")
+        _trace_to_file(wrapper, temp, path, trace_shape, output=output, dynamic=dynamic, opset=opset)
+        result = _export_sidecar(sidecar, model, num_classes, shape, trace_shape, dynamic=dynamic, output=output,
+                                 scales=fixed.scales, opset=opset)  # fmt: skip
         if verify:
             sizes = [trace_shape[2:]]
             if dynamic:
@@ -390,6 +355,57 @@ def export_onnx(
             result.extra["parity"] = parity
     write_export_sidecar(path, result)
     return result
+
+
+def _trace_to_file(
+    wrapper: ExportWrapper, temp: Path, path: Path, trace_shape: tuple[int, ...], *, output: OutputOp,
+    dynamic: bool, opset: int,
+) -> None:
+    """Trace `wrapper` at `trace_shape` into the ONNX file `temp` (renamed to `path` later) and check the graph."""
+    onnx = require_optional("onnx")
+
+    output_name = OUTPUT_NAMES[output]
+    dynamic_axes = None
+    if dynamic:
+        out_axes = {0: "batch", 2: "height", 3: "width"} if output != "argmax" else {0: "batch", 1: "height",
+                                                                                     2: "width"}  # fmt: skip
+        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: out_axes}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes, deprecation notices
+        torch.onnx.export(
+            wrapper, (example_input(trace_shape),), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
+            opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
+        )  # fmt: skip
+    onnx.checker.check_model(str(temp))
+    foreign = non_standard_ops(onnx.load(str(temp), load_external_data=False))
+    if foreign:
+        raise ExportError(f"{path}: the graph uses non-standard operators {foreign}")
+
+
+def _export_sidecar(
+    sidecar: Any, model: nn.Module, num_classes: int, shape: tuple[int, ...], trace_shape: tuple[int, ...], *,
+    dynamic: bool, output: OutputOp, scales: Sequence[float], opset: int,
+) -> ExportSidecar:
+    """The `ExportSidecar` of a traced graph, from the checkpoint's sidecar (or defaults) and the export options.
+
+    Raises:
+        ExportError: the checkpoint names another number of classes than the model predicts.
+    """
+    import attnseg
+
+    out_dtype = "float32" if output != "argmax" else str(labels_dtype(num_classes)).removeprefix("torch.")
+    info = _checkpoint_fields(sidecar, model, num_classes)
+    input_dims: list[int | str] = ["batch", 3, "height", "width"] if dynamic else list(shape)
+    if len(info["class_names"]) != num_classes:
+        named = len(info["class_names"])
+        raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {named}")
+    return ExportSidecar(
+        model=str(info["model"]), model_kwargs=dict(info["model_kwargs"]), num_classes=num_classes,
+        class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
+        std=info["std"], input_shape=input_dims, output_name=OUTPUT_NAMES[output], output=output,
+        output_dtype=out_dtype, scales=[float(s) for s in scales], opset=opset, model_format="onnx",
+        trace_shape=list(trace_shape), attnseg_version=attnseg.__version__,
+    )  # fmt: skip
 
 
 def quiet_onnxruntime_session(path: str | os.PathLike) -> Any:

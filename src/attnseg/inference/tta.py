@@ -1,8 +1,8 @@
 """Model-agnostic test-time augmentation: average predictions over input scales and a horizontal flip.
 
 This works for any callable that maps normalised images to logits; it knows nothing about MscaleOCR. MscaleOCR's
-*hierarchical* fusion is a different thing that happens inside the model (``model(images, scales=...)``); the two compose:
-the reference Cityscapes recipes run the model in 3- or 5-scale hierarchical mode and add the flip here.
+*hierarchical* fusion is a different thing that happens inside the model (``model(images, scales=...)``); the two
+compose: the reference Cityscapes recipes run the model in 3- or 5-scale hierarchical mode and add the flip here.
 
 How the passes are fused differs between the references, and both are offered:
 
