@@ -116,10 +116,10 @@ class EvalOutputs:
         if submission_dir is not None and not cityscapes_ids:
             raise ConfigError("--submission writes Cityscapes labelIds and needs a 19-class model")
         self.callbacks: list[Callable] = []
-        self.keep_scale_outputs = False
+        self.keeps_scale_logits = False
         if dump_dir is not None:
             kinds = [kind for kind in dump_kinds if cityscapes_ids or kind != "labelIds"]
-            self.keep_scale_outputs = "scales" in kinds
+            self.keeps_scale_logits = "scales" in kinds
             self.callbacks.append(PredictionDumper(dump_dir, np.asarray(palette), mean, std, kinds=kinds,
                                                    train_id_to_label_id=train_id_to_id if cityscapes_ids else None))
         self.submission = SubmissionWriter(submission_dir) if submission_dir is not None else None
@@ -189,6 +189,6 @@ def run_evaluation(
         flip=recipe.flip, mode=recipe.mode, crop_size=recipe.crop_size, stride=recipe.stride,
         precision=recipe.precision, device=model.device, progress=progress,
         on_prediction=outputs if outputs else None, fusion=recipe.fusion, ignore_index=ignore_index,
-        keep_scale_outputs=bool(outputs and outputs.keep_scale_outputs),
+        keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits),
     )  # fmt: skip
     return EvalRun(metrics, time.perf_counter() - start)
