@@ -139,7 +139,7 @@ def model_forward(model: nn.Module, recipe: InferenceRecipe, keep_scale_outputs:
         return partial(model, scales=recipe.model_scales, keep_scale_outputs=keep_scale_outputs)
     if recipe.multi_scale == "hierarchical" and recipe.scales != (1.0,):
         raise ConfigError(
-            f"{type(unwrap_model(model)).__name__} has no hierarchical multi-scale fusion (no `eval_scales`); "
+            f"{type(unwrap_model(model)).__name__} has no hierarchical multi-scale fusion (it takes no scales); "
             f"evaluate scales {list(recipe.scales)} with multi_scale='average' instead"
         )
     return model
