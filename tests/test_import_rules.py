@@ -1,6 +1,7 @@
 """Architecture rules: models depend only on torch and themselves; engine/inference never read configs."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,17 @@ def test_the_top_package_check_sees_both_spellings(tmp_path):
     assert imported_modules(sample) == {"attnseg", "attnseg._version"}
     sample.write_text("def f():\n    from attnseg import weights\n")
     assert "attnseg" in imported_modules(sample)
+
+
+# The scales seam (issue #17): eval scales reach MscaleOCR as a forward argument, never by setting the attribute,
+# and "does this model fuse scales" is `attnseg.models.fuses_scales`, not an attribute test.
+SCALES_MUTATION = re.compile(r"\.eval_scales\s*=(?!=)|\.keep_scale_outputs\s*=(?!=)|setattr\([^)]*[\"']eval_scales")
+SCALES_TYPE_TEST = re.compile(r"hasattr\([^)]*[\"'](eval_scales|keep_scale_outputs)[\"']")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_eval_scales_assignment_or_attribute_test(path):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        where = f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        assert not SCALES_MUTATION.search(line), f"{where}: pass scales=... to the model's forward instead"
+        assert not SCALES_TYPE_TEST.search(line), f"{where}: use attnseg.models.fuses_scales(model)"

@@ -22,14 +22,16 @@ MODEL = "clitrust_tiny"
 
 
 class TinyHierarchicalNet(nn.Module):
-    """A 3x3 conv exposing `eval_scales`, the attribute by which evaluation treats a model as MscaleOCR-like."""
+    """A 3x3 conv on the scales seam (`FUSES_SCALES`), so evaluation treats it as MscaleOCR-like."""
+
+    FUSES_SCALES = True
+    eval_scales = (1.0,)
 
     def __init__(self, num_classes: int = 19):
         super().__init__()
         self.conv = nn.Conv2d(3, num_classes, 3, padding=1)
-        self.eval_scales = (1.0,)
 
-    def forward(self, x):
+    def forward(self, x, scales=None, keep_scale_outputs=False):
         return SegmentationOutput(logits=self.conv(x))
 
 

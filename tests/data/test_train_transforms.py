@@ -11,9 +11,9 @@ from attnseg.data.transforms import (
     RandomScale,
     build_train_transform,
     crop_start_containing,
+    floored_size,
     padding_to_crop,
     random_crop_start,
-    scaled_size,
     step_scales,
 )
 
@@ -26,9 +26,9 @@ def _sample(height=20, width=30):
 
 
 def test_scaled_size_floors_and_never_vanishes():
-    assert scaled_size(1024, 2048, 0.5) == (512, 1024)
-    assert scaled_size(67, 131, 0.5) == (33, 65)
-    assert scaled_size(3, 3, 0.01) == (1, 1)
+    assert floored_size(1024, 2048, 0.5) == (512, 1024)
+    assert floored_size(67, 131, 0.5) == (33, 65)
+    assert floored_size(3, 3, 0.01) == (1, 1)
 
 
 def test_padding_to_crop_limits():

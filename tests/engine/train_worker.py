@@ -97,7 +97,7 @@ def build(run_dir: str, *, iters: int, batch: int, save_interval: int = 0, data_
 
 
 def final_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    from attnseg.engine.trainer import unwrap
+    from attnseg.models import unwrap_model as unwrap
 
     return {k: v.detach().clone() for k, v in unwrap(trainer.model).state_dict().items()}
 

@@ -13,8 +13,8 @@ from attnseg.export.runtime import (
     detect_backend,
     labels_to_one_hot,
     load_backend,
-    prepare_fast_model,
 )
+from attnseg.inference.fast_path import prepare_fast_model
 from attnseg.models import create_model
 
 

@@ -25,16 +25,19 @@ class ThresholdModel(nn.Module):
 
 
 class FakeMscale(ThresholdModel):
+    """Records the scales it is called with, through the scales seam (`attnseg.models.fuses_scales`)."""
+
+    FUSES_SCALES = True
+    eval_scales = (0.5, 1.0, 2.0)
+
     def __init__(self):
         super().__init__()
-        self.eval_scales = (0.5, 1.0, 2.0)
-        self.keep_scale_outputs = True
         self.seen_scales = []
         self.seen_keep = []
 
-    def forward(self, x):
-        self.seen_scales.append(self.eval_scales)
-        self.seen_keep.append(self.keep_scale_outputs)
+    def forward(self, x, scales=None, keep_scale_outputs=False):
+        self.seen_scales.append(self.eval_scales if scales is None else tuple(scales))
+        self.seen_keep.append(keep_scale_outputs)
         return super().forward(x)
 
 
@@ -82,11 +85,10 @@ def test_recipes_keep_a_pointwise_model_perfect(kwargs):
     assert metrics.miou == pytest.approx(1.0)
 
 
-def test_hierarchical_sets_and_restores_eval_scales():
+def test_hierarchical_passes_the_scales_to_the_model():
     model = FakeMscale()
     evaluate_model(model, _batches(1), NUM_CLASSES, scales=(0.5, 1.0), progress=False)
     assert model.seen_scales == [(0.5, 1.0)] and model.seen_keep == [False]  # per-scale logits only on request
-    assert model.eval_scales == (0.5, 1.0, 2.0) and model.keep_scale_outputs is True
     model.seen_scales.clear()
     evaluate_model(model, _batches(1), NUM_CLASSES, scales=(0.5, 1.0), multi_scale="average", progress=False,
                    keep_scale_outputs=True)

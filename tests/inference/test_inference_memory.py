@@ -7,7 +7,7 @@ from torch import nn
 from attnseg.cli.main import main
 from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from attnseg.errors import ConfigError
-from attnseg.inference.evaluate import inference_state, predict_scores
+from attnseg.inference.evaluate import eval_mode, model_forward, predict_scores
 from attnseg.inference.memory import (
     MemoryModel,
     available_memory_bytes,
@@ -85,14 +85,15 @@ def test_estimate_is_close_above_the_measured_peak(name, scales, multi_scale, fl
     predictor = _predictor(model.eval(), scales=scales, multi_scale=multi_scale, flip=flip)
     memory = predictor.memory_model()
     image = torch.randn(1, 3, 96, 136)
-    with inference_state(model, predictor.recipe):
-        measured = measure_peak_bytes(lambda x: predict_scores(model, x, predictor.recipe, 19), image)
+    forward = model_forward(model, predictor.recipe)
+    with eval_mode(model):
+        measured = measure_peak_bytes(lambda x: predict_scores(forward, x, predictor.recipe, 19), image)
         estimate = memory.whole_bytes(96, 136)
         assert measured <= estimate <= 2.0 * measured
         crop, stride = (48, 64), (32, 48)
         slide_recipe = predictor.recipe.__class__(**{**predictor.recipe.__dict__, "mode": "slide",
                                                      "crop_size": crop, "stride": stride})  # fmt: skip
-        measured = measure_peak_bytes(lambda x: predict_scores(model, x, slide_recipe, 19), image)
+        measured = measure_peak_bytes(lambda x: predict_scores(forward, x, slide_recipe, 19), image)
         estimate = memory.slide_bytes(96, 136, crop)
         assert measured <= estimate <= 2.0 * measured
 

@@ -29,16 +29,14 @@ def cached_model():
     """The Paddle-converted W48 model behind a cache: each distinct (scales, input) pair runs once."""
     model = create_model("mscale_ocr_hrnet_w48", num_classes=19).eval()
     model.load_state_dict(convert_paddle_state_dict(paddle_filled_checkpoint("mscale_ocrnet")), strict=True)
-    model.keep_scale_outputs = False
     cache = {}
 
     def run(scales):
         def fn(x):
             key = (scales, tuple(x.shape), hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest())
             if key not in cache:
-                model.eval_scales = scales
                 with torch.inference_mode():
-                    cache[key] = model(x).logits.clone()
+                    cache[key] = model(x, scales=scales).logits.clone()
             return cache[key]
 
         return fn

@@ -57,11 +57,9 @@ def test_flip_and_backend_seam(checkpoint):
     predictor = Predictor.from_weights(run / "checkpoints" / "best.safetensors", scales=(1.0,), flip=True)
     image = np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     labels = predictor(image)
-    model.eval_scales = (1.0,)
-
     def backend(array):
         with torch.inference_mode():
-            return model(torch.from_numpy(array)).logits.numpy()
+            return model(torch.from_numpy(array), scales=(1.0,)).logits.numpy()
 
     from attnseg.weights import read_sidecar
 

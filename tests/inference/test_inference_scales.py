@@ -6,8 +6,8 @@ from attnseg.inference.scales import (
     equal_ratio_scales,
     fit_longer_side,
     parse_scales,
-    scaled_length,
-    scaled_size,
+    rounded_length,
+    rounded_size,
 )
 
 
@@ -58,13 +58,13 @@ def test_parse_scales_rejects(text):
 
 def test_scaled_size_rounding():
     # 67 * 0.5 = 33.5: PaddleSeg rounds half up, Python's round (NVIDIA) to even
-    assert scaled_length(67, 0.5) == 34
-    assert scaled_length(67, 0.5, "half_even") == 34  # 33.5 -> 34 (even)
-    assert scaled_length(65, 0.5, "half_even") == 32  # 32.5 -> 32 (even)
-    assert scaled_length(65, 0.5) == 33
-    assert scaled_size(1024, 2048, 0.5) == (512, 1024)
-    assert scaled_size(1024, 2048, 1.0) == (1024, 2048)
-    assert scaled_size(1, 1, 0.01) == (1, 1)  # never zero
+    assert rounded_length(67, 0.5) == 34
+    assert rounded_length(67, 0.5, "half_even") == 34  # 33.5 -> 34 (even)
+    assert rounded_length(65, 0.5, "half_even") == 32  # 32.5 -> 32 (even)
+    assert rounded_length(65, 0.5) == 33
+    assert rounded_size(1024, 2048, 0.5) == (512, 1024)
+    assert rounded_size(1024, 2048, 1.0) == (1024, 2048)
+    assert rounded_size(1, 1, 0.01) == (1, 1)  # never zero
 
 
 def test_fit_longer_side():

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from attnseg.models.mscale.fusion import (
     ScaleOutputs,
     hierarchical_fusion,
+    interpolate_size,
     resize_by_scale,
-    scaled_size,
     two_scale_fusion,
 )
 
@@ -53,13 +53,13 @@ def golden() -> dict[str, np.ndarray]:
      ((35, 51), 0.25, (8, 12)), ((35, 51), 1.0, (35, 51)), ((1, 1), 0.5, (0, 0))],
 )  # fmt: skip
 def test_scaled_size_floors(size, scale, expected):
-    assert scaled_size(size, scale) == expected
+    assert interpolate_size(size, scale) == expected
 
 
 @pytest.mark.parametrize("scale", [0.25, 0.5, 1.5, 2.0])
 def test_resize_by_scale_matches_scaled_size(scale):
     image = parity.nvidia_comb_image()
-    assert tuple(resize_by_scale(image, scale).shape[-2:]) == scaled_size(image.shape[-2:], scale)
+    assert tuple(resize_by_scale(image, scale).shape[-2:]) == interpolate_size(image.shape[-2:], scale)
 
 
 def test_resize_by_one_is_identity():
@@ -87,7 +87,7 @@ def bilinear_rows_then_columns(image: torch.Tensor, size: tuple[int, int], step:
 @pytest.mark.parametrize(("size", "scale"), [((67, 131), 0.5), ((35, 51), 1.5), ((35, 51), 0.25)])
 def test_resize_modes_differ_on_odd_sizes(size, scale):
     image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    out_size = scaled_size(size, scale)
+    out_size = interpolate_size(size, scale)
     nvidia = resize_by_scale(image, scale)
     paddle = resize_by_scale(image, scale, recompute_scale_factor=False)
     assert nvidia.shape[-2:] == paddle.shape[-2:] == out_size

@@ -58,9 +58,7 @@ def model() -> MscaleOCR:
 @pytest.fixture
 def eval_model(model):
     model.eval()
-    saved = model.eval_scales
     yield model
-    model.eval_scales = saved
     model.eval()
 
 
@@ -118,9 +116,8 @@ def test_intermediate_outputs(eval_model, golden):
 
 
 def test_three_scale_inference(eval_model, golden):
-    eval_model.eval_scales = (0.5, 1.0, 2.0)
     with torch.no_grad():
-        out = eval_model(parity.nvidia_image())
+        out = eval_model(parity.nvidia_image(), scales=(0.5, 1.0, 2.0), keep_scale_outputs=True)
     check(out.logits, golden, "ms3_pred")
     check(out.scale_logits[0.5], golden, "ms3_pred_0.5x")
     check(out.scale_logits[2.0][..., ::4, ::4], golden, "ms3_pred_2.0x_sub4")
@@ -132,16 +129,14 @@ def test_three_scale_inference(eval_model, golden):
 
 
 def test_two_scale_inference(eval_model, golden):
-    eval_model.eval_scales = (0.5, 1.0)
     with torch.no_grad():
-        out = eval_model(parity.nvidia_image())
+        out = eval_model(parity.nvidia_image(), scales=(0.5, 1.0))
     check(out.logits[..., ::2, ::2], golden, "ms2_pred_sub2")
 
 
 def test_odd_input_sizes_follow_the_reference(eval_model):
-    eval_model.eval_scales = (0.5, 1.0, 2.0)
     with torch.no_grad():
-        out = eval_model(parity.nvidia_odd_image())
+        out = eval_model(parity.nvidia_odd_image(), scales=(0.5, 1.0, 2.0), keep_scale_outputs=True)
     shapes = META["odd_shapes"]
     assert list(out.logits.shape) == shapes["pred"]
     for scale in (0.5, 1.0, 2.0):

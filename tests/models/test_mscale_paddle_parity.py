@@ -121,8 +121,7 @@ def test_single_scale_forward(model, image, golden):
 
 @torch.no_grad()
 def test_three_scale_hierarchical_inference(model, image, golden):
-    model.eval_scales = (0.5, 1.0, 2.0)
-    out = model(image)
+    out = model(image, scales=(0.5, 1.0, 2.0))
     assert_close_to_golden(out.logits[..., ::4, ::4], golden["ms3/pred_sp4"], name="ms3/pred_sp4")
     assert_close_to_golden(_chmean(out.logits), golden["ms3/pred_chmean"], name="ms3/pred_chmean")
     assert_argmax_agrees(out.logits.argmax(1), golden["ms3/argmax"], min_fraction=0.9999, name="ms3/argmax")

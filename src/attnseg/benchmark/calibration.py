@@ -34,8 +34,8 @@ def calibrate_batchnorm(model: Any, image: np.ndarray, passes: int = 2) -> None:
     import torch
 
     from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
-    from attnseg.export.onnx import inference_scales
     from attnseg.inference.preprocess import normalize_image
+    from attnseg.models import FixedScales, fuses_scales
     from attnseg.models.outputs import SegmentationOutput
 
     images = normalize_image(image, IMAGENET_MEAN, IMAGENET_STD)[None]
@@ -56,9 +56,9 @@ def calibrate_batchnorm(model: Any, image: np.ndarray, passes: int = 2) -> None:
             captured[module] = out.detach()
 
         hooks = [conv.register_forward_hook(keep) for conv in classifiers]
-        scales = (1.0,) if hasattr(model, "eval_scales") else None
-        with inference_scales(model, scales), torch.no_grad():
-            model(images)
+        scales = (1.0,) if fuses_scales(model) else None
+        with torch.no_grad():
+            FixedScales(model, scales)(images)
         for hook in hooks:
             hook.remove()
         with torch.no_grad():

@@ -25,7 +25,7 @@ from attnseg.data.labels import CITYSCAPES_PALETTE, train_id_to_id
 from attnseg.data.statistics import IMAGENET_MEAN as MEAN
 from attnseg.data.statistics import IMAGENET_STD as STD
 from attnseg.inference.dump import PredictionDumper
-from attnseg.inference.evaluate import InferenceRecipe, evaluate_model, inference_state, scores_to_labels
+from attnseg.inference.evaluate import InferenceRecipe, eval_mode, evaluate_model, model_forward, scores_to_labels
 from attnseg.inference.preprocess import normalize_image
 from attnseg.metrics.confusion import ConfusionMatrix
 from attnseg.models import create_model
@@ -68,7 +68,8 @@ def main() -> None:
         dumper = PredictionDumper(folder / "dump", CITYSCAPES_PALETTE, MEAN, STD,
                                   kinds=("color", "overlay", "labelIds"), train_id_to_label_id=train_id_to_id)
         confusion = ConfusionMatrix(19)
-        with inference_state(model, recipe), torch.inference_mode():
+        forward = model_forward(model, recipe)
+        with eval_mode(model), torch.inference_mode():
             for image_path, label_path in pairs:
                 clock = time.perf_counter()
                 image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
@@ -83,7 +84,7 @@ def main() -> None:
                 clock = time.perf_counter()
                 autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
                 with autocast:
-                    logits = model(x).logits.float()
+                    logits = forward(x).logits.float()
                 times["forward"].append(time.perf_counter() - clock)
 
                 low = torch.randn(1, 19, args.height // 4, args.width // 4)

@@ -16,12 +16,11 @@ def count_flops(model_name: str, model_kwargs: dict[str, Any], num_classes: int,
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnseg.export.onnx import inference_scales
-    from attnseg.models import create_model
+    from attnseg.models import FixedScales, create_model
 
     with torch.device("meta"):
         model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     images = torch.empty(tuple(shape), device="meta")
-    with inference_scales(model, scales), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(images)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        FixedScales(model.eval(), scales)(images)
     return float(counter.get_total_flops())

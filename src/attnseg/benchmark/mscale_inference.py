@@ -33,16 +33,15 @@ def measure_case(case: str, model_name: str, num_classes: int, height: int, widt
     torch.set_num_threads(threads)
     scales = CASES[case]
     model = create_model(model_name, num_classes=num_classes, eval_scales=scales).eval()
-    model.keep_scale_outputs = keep_scale_outputs
     images = torch.randn(1, 3, height, width)
     baseline = current_rss_bytes()
     times = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for _ in range(warmup):
-            model(images)
+            model(images, keep_scale_outputs=keep_scale_outputs)
         for _ in range(runs):
             start = time.perf_counter()
-            out = model(images)
+            out = model(images, keep_scale_outputs=keep_scale_outputs)
             times.append(time.perf_counter() - start)
             del out
     return {"case": case, "scales": list(scales), "times": times, "peak_rss": peak_rss_bytes(),

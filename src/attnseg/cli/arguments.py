@@ -85,6 +85,32 @@ def scale_series(text: str) -> tuple[float, ...]:
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Test-time options shared by `attnseg eval` and `attnseg predict`."""
+    parser.add_argument(
+        "--scales", type=scale_series, default=None,
+        help="test scales: 0.5,1.0,2.0 | ratio:LOW:HIGH:COUNT (equal ratio) | diff:LOW:HIGH:STEP (equal difference)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--multi-scale", choices=("hierarchical", "average"), default=None,
+        help="hierarchical: MscaleOCR attention fusion inside the model; average: mean over scales (any model)",
+    )  # fmt: skip
+    parser.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped passes")
+    parser.add_argument(
+        "--fusion", choices=("softmax", "logits"), default=None,
+        help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or logits (NVIDIA, PaddleSeg 2.8)",
+    )  # fmt: skip
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                        help="model precision: bf16 autocast, or auto (bf16 where the CPU runs it natively)")
+    parser.add_argument("--device", type=torch_device, default=None,
+                        help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+        help="torch: a checkpoint; onnxruntime/openvino: a file from `attnseg export` (its scales are in the graph)",
+    )  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (first batch compiles)")
+
+
 def torch_device(text: str) -> str:
     """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``xpu``) that exists on this machine."""
     import torch

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from attnseg.cli.eval import add_recipe_arguments
+    from attnseg.cli.arguments import add_recipe_arguments
     from attnseg.cli.predict import add_tiling_arguments
     from attnseg.inference.autolabel import DEFAULT_THRESHOLD
 

@@ -44,7 +44,7 @@ MAX_LISTED = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from attnseg.cli.eval import add_recipe_arguments
+    from attnseg.cli.arguments import add_recipe_arguments
 
     parser = subparsers.add_parser(
         "predict",
@@ -78,8 +78,8 @@ def validate(args: argparse.Namespace) -> None:
         except ConfigError as error:
             raise ConfigError(f"--scales {format_scales(args.scales)}: {error}") from None
     if args.crop is not None and args.stride is not None and any(s > c for s, c in zip(args.stride, args.crop)):
-        raise ConfigError(f"--stride {args.stride[0]},{args.stride[1]}: larger than --crop {args.crop[0]},{args.crop[1]}"
-                          " (windows would leave gaps)")
+        raise ConfigError(f"--stride {args.stride[0]},{args.stride[1]}: larger than --crop "
+                          f"{args.crop[0]},{args.crop[1]} (windows would leave gaps)")
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha {args.alpha:g}: the overlay opacity must be in [0, 1]")
 
@@ -340,10 +340,10 @@ def build_predictor(args: argparse.Namespace, log: _PlanLog):
         multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip), fusion=args.fusion or "softmax",
         max_memory_bytes=args.max_memory if args.max_memory is not None else "auto", **tiling,
     )  # fmt: skip
-    if getattr(args, "compile", False) or (args.precision == "bf16" and predictor.device.type == "cpu"):
-        from attnseg.export.runtime import prepare_fast_model
+    from attnseg.inference.fast_path import apply_fast_path
 
-        prepare_fast_model(predictor.model, channels_last=args.precision == "bf16", compile=args.compile)
+    apply_fast_path(predictor.model, args.precision or "fp32", predictor.device,
+                    compile=bool(getattr(args, "compile", False)))
     return predictor
 
 
@@ -383,12 +383,14 @@ def print_summary(done: int, collection: InputCollection, failed: list[tuple[str
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from attnseg.cli import notes
     from attnseg.fileio import remove_stale_temporaries
 
     remove_stale_temporaries(args.out)
     collection = collect_inputs(args.inputs, args.out)
     log = _PlanLog()
     predictor = build_predictor(args, log)
+    notes.flush()
     failed = list(collection.failed)
     for name, reason in failed:
         print(f"attnseg predict: failed {name}: {reason}", file=sys.stderr)

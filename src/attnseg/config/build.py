@@ -218,9 +218,18 @@ def build_eval_loader(
     )
 
 
+# Split names each dataset kind knows (a folder dataset's splits are whatever sub-folders or lists it holds).
+KNOWN_SPLITS = {"cityscapes": ("train", "val", "test"), "mapillary": ("train", "val", "test")}
+
+
 def dataset_class_count(data_cfg: DataConfig, dataset: Dataset | None = None) -> int | None:
     """Classes the dataset evaluates: its own table for Cityscapes and Mapillary, None for a folder dataset (whose
-    label files hold the model's own class ids)."""
+    label files hold the model's own class ids).
+
+    Args:
+        data_cfg: the data section.
+        dataset: the built dataset, whose own class table is preferred when it has one.
+    """
     if data_cfg.dataset == "folder":
         return None
     if dataset is not None and hasattr(getattr(dataset, "base", None), "num_classes"):
@@ -233,3 +242,21 @@ def dataset_class_count(data_cfg: DataConfig, dataset: Dataset | None = None) ->
 
         return VISTAS_NUM_CLASSES
     return len(CITYSCAPES_CLASSES)
+
+
+def build_eval_split(data_cfg: DataConfig, split: str, flag: str, num_classes: int | None = None) -> Dataset:
+    """The evaluation dataset of `split`, refusing a split name the dataset kind does not have.
+
+    Args:
+        data_cfg: the data section.
+        split: the split name.
+        flag: how the user gave the split (``--split`` or ``eval.split``), for the message.
+        num_classes: the model's class count (a folder dataset's labels are checked against it).
+
+    Raises:
+        ConfigError: `split` is not a split of the dataset kind.
+    """
+    known = KNOWN_SPLITS.get(data_cfg.dataset)
+    if known is not None and split not in known:
+        raise ConfigError(f"{flag} {split!r}: {data_cfg.dataset} has the splits {', '.join(known)}")
+    return build_eval_dataset(data_cfg, split, num_classes)

@@ -34,8 +34,9 @@ class Transform(Protocol):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """Size after scaling by `scale`, floored like NVIDIA's ``int(size * scale)``, at least 1 pixel."""
+def floored_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Size after scaling by `scale`, floored like NVIDIA's ``int(size * scale)``, at least 1 pixel (the training
+    transforms' rule)."""
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
@@ -121,7 +122,7 @@ class RandomScale:
         image, label = sample["image"], sample["label"]
         if self.pre_size > 0:
             scale *= self.pre_size / max(image.shape[:2])
-        height, width = scaled_size(image.shape[0], image.shape[1], scale)
+        height, width = floored_size(image.shape[0], image.shape[1], scale)
         if (height, width) == image.shape[:2]:
             return sample
         out = dict(sample)

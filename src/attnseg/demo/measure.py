@@ -13,6 +13,7 @@ from torch import nn
 from attnseg.config.schema import ExperimentConfig
 from attnseg.demo.budget import DATA_SECONDS_PER_IMAGE, SINGLE_SCALE, demo_recipes, evaluation_reserve
 from attnseg.engine.trainer import to_channels_last
+from attnseg.models import fuses_scales
 
 
 def measure_train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
@@ -83,24 +84,11 @@ def measure_inference_pass(
     return float(min(times[warmup:]))
 
 
-# The two places where the demo depends on how a model fuses scales. The scales seam of issue #17 turns them into
-# ``return fuses_scales(model)`` (``from attnseg.models import fuses_scales``) and
-# ``return model(images, scales=SINGLE_SCALE) if fuses_scales(model) else model(images)``.
-
-
 def model_fuses_scales(model: nn.Module) -> bool:
     """Whether `model` fuses scales itself (MscaleOCR's learned hierarchical attention)."""
-    return hasattr(model, "eval_scales")
+    return fuses_scales(model)
 
 
 def single_scale_forward(model: nn.Module, images: torch.Tensor) -> Any:
-    """The eval-mode forward of `model` at scale 1.0 only (a scale-fusing model's constructor scales left as they
-    were)."""
-    if not model_fuses_scales(model):
-        return model(images)
-    saved = model.eval_scales
-    model.eval_scales = SINGLE_SCALE
-    try:
-        return model(images)
-    finally:
-        model.eval_scales = saved
+    """The eval-mode forward of `model` at scale 1.0 only."""
+    return model(images, scales=SINGLE_SCALE) if fuses_scales(model) else model(images)

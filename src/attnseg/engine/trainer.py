@@ -45,17 +45,13 @@ from attnseg.engine.ema import ModelEma
 from attnseg.engine.optim import poly_lr
 from attnseg.errors import AttnsegError
 from attnseg.fileio import atomic_write_text, remove_stale_temporaries
+from attnseg.models import unwrap_model as unwrap
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class TrainingDiverged(AttnsegError):
     """The loss became NaN or infinite."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

@@ -8,8 +8,9 @@ What gets exported is `ExportWrapper(model)`: normalised NCHW float32 images in,
   Cityscapes label map is then 2 MB instead of 16 MB at 1024x2048, and an id fits in it exactly. The graph ends
   with ArgMax (first maximal index, like ``torch.argmax``) followed by Cast.
 
-MscaleOCR's hierarchical multi-scale inference is exported as ONE graph: the Python loop over `eval_scales` is
-unrolled by tracing, so the scale list is fixed at export time (``scales``) and recorded in the sidecar.
+MscaleOCR's hierarchical multi-scale inference is exported as ONE graph (`attnseg.models.FixedScales`): the Python
+loop over the scales is unrolled by tracing, so the scale list is fixed at export time (``scales``) and recorded in
+the sidecar.
 
 Memory: the tracing exporter keeps every intermediate of the example forward, so exporting at 1024x2048 takes
 15-19 GB (PERF_NOTES). With ``dynamic=True`` the graph is traced at a small size (`DYNAMIC_TRACE_SIZE`) with
@@ -23,11 +24,10 @@ and the attnseg version; `read_export_sidecar` reads it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,9 @@ from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.fileio import atomic_path, atomic_write_text
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.inference.evaluate import eval_mode
+from attnseg.models import FixedScales
+from attnseg.models.outputs import logits_of
 from attnseg.weights import ModelDescription
 
 OutputOp = Literal["logits", "softmax", "argmax"]
@@ -185,39 +187,12 @@ class ExportWrapper(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         result = self.model(images)
-        logits = result.logits if isinstance(result, SegmentationOutput) else result
+        logits = logits_of(result)
         if self.output == "softmax":
             return torch.softmax(logits, dim=1)
         if self.output == "argmax":
             return logits.argmax(dim=1).to(labels_dtype(logits.shape[1]))
         return logits
-
-
-@contextlib.contextmanager
-def inference_scales(model: nn.Module, scales: Sequence[float] | None) -> Iterator[tuple[float, ...]]:
-    """Eval mode with `scales` fused inside the model (MscaleOCR's `eval_scales`) and no per-scale outputs kept;
-    restores the model's mode and attributes on exit. Yields the scales in effect.
-
-    Raises:
-        ValueError: scales other than (1.0,) for a model without hierarchical fusion.
-    """
-    saved = {name: getattr(model, name) for name in ("eval_scales", "keep_scale_outputs") if hasattr(model, name)}
-    was_training = model.training
-    if scales is not None:
-        scales = tuple(float(s) for s in scales)
-        if "eval_scales" in saved:
-            model.eval_scales = scales
-        elif scales != (1.0,):
-            raise ValueError(f"{type(model).__name__} has no multi-scale fusion; only scales [1.0] can be exported")
-    if "keep_scale_outputs" in saved:
-        model.keep_scale_outputs = False
-    model.eval()
-    try:
-        yield tuple(getattr(model, "eval_scales", (1.0,)))
-    finally:
-        for name, value in saved.items():
-            setattr(model, name, value)
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,8 +275,7 @@ def _declared_classes(sidecar: Any) -> int | None:
 def _num_classes(wrapper: ExportWrapper, images: torch.Tensor) -> int:
     with torch.inference_mode():
         result = wrapper.model(images)
-    logits = result.logits if isinstance(result, SegmentationOutput) else result
-    return int(logits.shape[1])
+    return int(logits_of(result).shape[1])
 
 
 def export_onnx(
@@ -321,14 +295,14 @@ def export_onnx(
     """Export `model` to an ONNX file plus its sidecar ``<path>.json``.
 
     Args:
-        model: an attnseg segmentation model (its mode and `eval_scales` are restored afterwards).
+        model: an attnseg segmentation model (its train/eval mode is restored afterwards).
         path: target ``.onnx`` file.
         input_shape: (N, 3, H, W) the graph is made for; with `dynamic` only recorded as the typical shape.
         dynamic: symbolic batch, height and width; the graph is traced at `trace_size` (default
             `DYNAMIC_TRACE_SIZE`) instead of `input_shape`, which keeps the export's memory small.
         output: ``"logits"``, ``"softmax"`` or ``"argmax"`` (uint8 ids).
-        scales: scales fused inside the graph for MscaleOCR (default: the model's `eval_scales`); a model without
-            multi-scale fusion accepts only ``[1.0]``.
+        scales: scales fused inside the graph for MscaleOCR (default: the model's `eval_scales`): the graph is
+            that of `attnseg.models.FixedScales`; a model without multi-scale fusion accepts only ``[1.0]``.
         opset: ONNX opset version.
         sidecar: the checkpoint's `CheckpointSidecar` (or a mapping with model/model_kwargs/class_names/palette/
             mean/std); None uses Cityscapes names/palette (19 classes) and ImageNet mean/std.
@@ -349,10 +323,6 @@ def export_onnx(
     Raises:
         ExportError: non-standard operators in the graph, or a verification failure.
     """
-    onnx = require_optional("onnx")
-
-    from attnseg._version import __version__
-
     path = Path(path)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or shape[1] != 3:
@@ -364,44 +334,15 @@ def export_onnx(
         height, width = tuple(trace_size) if trace_size is not None else DYNAMIC_TRACE_SIZE
         trace_shape = (shape[0], 3, min(height, shape[2]), min(width, shape[3]))
     verify = dynamic if verify is None else verify
-    output_name = OUTPUT_NAMES[output]
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    with inference_scales(model, scales) as used_scales, atomic_path(path) as temp:
-        wrapper = ExportWrapper(model, output).eval()
-        images = example_input(trace_shape)
+    fixed = FixedScales(model, scales)
+    with eval_mode(model), atomic_path(path) as temp:
+        wrapper = ExportWrapper(fixed, output).eval()
         num_classes = _declared_classes(sidecar) or _num_classes(wrapper, example_input((1, *trace_shape[1:])))
-        dynamic_axes = None
-        if dynamic:
-            out_axes = {0: "batch", 2: "height", 3: "width"} if output != "argmax" else {0: "batch", 1: "height",
-                                                                                         2: "width"}  # fmt: skip
-            dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: out_axes}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes, deprecation notices
-            torch.onnx.export(
-                wrapper, (images,), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
-                opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
-            )  # fmt: skip
-        onnx.checker.check_model(str(temp))
-        foreign = non_standard_ops(onnx.load(str(temp), load_external_data=False))
-        if foreign:
-            raise ExportError(f"{path}: the graph uses non-standard operators {foreign}")
-
-        out_dtype = "float32" if output != "argmax" else str(labels_dtype(num_classes)).removeprefix("torch.")
-        info = _checkpoint_fields(sidecar, model, num_classes)
-        input_dims: list[int | str] = list(shape)
-        if dynamic:
-            input_dims = ["batch", 3, "height", "width"]
-        result = ExportSidecar(
-            model=str(info["model"]), model_kwargs=dict(info["model_kwargs"]), num_classes=num_classes,
-            class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
-            std=info["std"], input_shape=input_dims, output_name=output_name, output=output, output_dtype=out_dtype,
-            scales=[float(s) for s in used_scales], opset=opset, model_format="onnx", trace_shape=list(trace_shape),
-            attnseg_version=__version__,
-        )  # fmt: skip
-        if len(info["class_names"]) != num_classes:
-            named = len(info["class_names"])
-            raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {named}")
+        _trace_to_file(wrapper, temp, path, trace_shape, output=output, dynamic=dynamic, opset=opset)
+        result = _export_sidecar(sidecar, model, num_classes, shape, trace_shape, dynamic=dynamic, output=output,
+                                 scales=fixed.scales, opset=opset)  # fmt: skip
         if verify:
             sizes = [trace_shape[2:]]
             if dynamic:
@@ -410,6 +351,57 @@ def export_onnx(
             result.extra["parity"] = parity
     write_export_sidecar(path, result)
     return result
+
+
+def _trace_to_file(
+    wrapper: ExportWrapper, temp: Path, path: Path, trace_shape: tuple[int, ...], *, output: OutputOp,
+    dynamic: bool, opset: int,
+) -> None:
+    """Trace `wrapper` at `trace_shape` into the ONNX file `temp` (renamed to `path` later) and check the graph."""
+    onnx = require_optional("onnx")
+
+    output_name = OUTPUT_NAMES[output]
+    dynamic_axes = None
+    if dynamic:
+        out_axes = {0: "batch", 2: "height", 3: "width"} if output != "argmax" else {0: "batch", 1: "height",
+                                                                                     2: "width"}  # fmt: skip
+        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: out_axes}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes, deprecation notices
+        torch.onnx.export(
+            wrapper, (example_input(trace_shape),), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
+            opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
+        )  # fmt: skip
+    onnx.checker.check_model(str(temp))
+    foreign = non_standard_ops(onnx.load(str(temp), load_external_data=False))
+    if foreign:
+        raise ExportError(f"{path}: the graph uses non-standard operators {foreign}")
+
+
+def _export_sidecar(
+    sidecar: Any, model: nn.Module, num_classes: int, shape: tuple[int, ...], trace_shape: tuple[int, ...], *,
+    dynamic: bool, output: OutputOp, scales: Sequence[float], opset: int,
+) -> ExportSidecar:
+    """The `ExportSidecar` of a traced graph, from the checkpoint's sidecar (or defaults) and the export options.
+
+    Raises:
+        ExportError: the checkpoint names another number of classes than the model predicts.
+    """
+    from attnseg._version import __version__
+
+    out_dtype = "float32" if output != "argmax" else str(labels_dtype(num_classes)).removeprefix("torch.")
+    info = _checkpoint_fields(sidecar, model, num_classes)
+    input_dims: list[int | str] = ["batch", 3, "height", "width"] if dynamic else list(shape)
+    if len(info["class_names"]) != num_classes:
+        named = len(info["class_names"])
+        raise ExportError(f"the model predicts {num_classes} classes but the sidecar names {named}")
+    return ExportSidecar(
+        model=str(info["model"]), model_kwargs=dict(info["model_kwargs"]), num_classes=num_classes,
+        class_names=[str(n) for n in info["class_names"]], palette=info["palette"], mean=info["mean"],
+        std=info["std"], input_shape=input_dims, output_name=OUTPUT_NAMES[output], output=output,
+        output_dtype=out_dtype, scales=[float(s) for s in scales], opset=opset, model_format="onnx",
+        trace_shape=list(trace_shape), attnseg_version=__version__,
+    )  # fmt: skip
 
 
 def quiet_onnxruntime_session(path: str | os.PathLike) -> Any:

@@ -5,8 +5,9 @@ the result is what ``backend.output`` says: ``"logits"`` / ``"softmax"`` (N, K, 
 (N, H, W) class ids. `Backend.scores` always gives (N, K, H, W) float32 (one-hot for argmax backends), which is
 what `attnseg.inference` (Predictor, evaluate_model) consumes.
 
-- `TorchBackend`: eager PyTorch with the fast CPU path: `torch.inference_mode`, channels-last memory format,
-  bf16 autocast (AMX/AVX512-BF16 through oneDNN) and optionally `torch.compile`.
+- `TorchBackend`: eager PyTorch on the fast CPU path (`attnseg.inference.fast_path`: `torch.inference_mode`,
+  channels-last memory format, bf16 autocast through oneDNN, optionally `torch.compile`), the model's scales fixed
+  by `attnseg.models.FixedScales`.
 - `OnnxRuntimeBackend`: an ``.onnx`` file from `attnseg export` in ONNX Runtime (fp32, CPU provider).
 - `OpenVinoBackend`: an OpenVINO IR (or ``.onnx``) with an explicit precision hint, compiled per input shape.
 
@@ -20,10 +21,10 @@ pixels agree and every flipped pixel is a near-tie; confident trained models agr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,13 @@ import torch
 from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
-from attnseg.export.onnx import ExportSidecar, inference_scales, labels_dtype, read_export_sidecar
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.export.onnx import ExportSidecar, labels_dtype, read_export_sidecar
+from attnseg.inference.eval_job import EvalModel
+from attnseg.inference.fast_path import bf16_supported, fast_forward, prepare_fast_model
+from attnseg.models import FixedScales
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU has native bf16 arithmetic for oneDNN (AVX512-BF16 or AMX); autocast works without it,
-    only slowly."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def labels_to_one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,29 +48,6 @@ def labels_to_one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     scores = np.zeros((labels.shape[0], num_classes, *labels.shape[1:]), dtype=np.float32)
     np.put_along_axis(scores, labels[:, None], 1.0, axis=1)
     return scores
-
-
-def prepare_fast_model(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """Put `model` (in place) on the fast CPU inference path and return it.
-
-    Args:
-        model: module to run in eval mode.
-        channels_last: store conv weights NHWC, so oneDNN runs its NHWC kernels without reorders (essential for
-            bf16: ~2x on top of autocast alone, PERF_NOTES).
-        compile: `nn.Module.compile` in place (Inductor fuses BN/ReLU/add/upsample around the convolutions;
-            the first call compiles, 15-130 s). The module object stays the same, so attributes such as
-            MscaleOCR's `eval_scales` keep working (a change triggers a recompile).
-    """
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if compile:
-        model.compile(dynamic=False)
-    return model
-
-
-def _logits(result: Any) -> torch.Tensor:
-    return result.logits if isinstance(result, SegmentationOutput) else result
 
 
 class Backend:
@@ -111,12 +82,12 @@ class TorchBackend(Backend):
     """Eager (or compiled) PyTorch on the CPU.
 
     Args:
-        model: attnseg model; it is put in eval mode with `scales` fused inside (MscaleOCR) and modified in place
-            by the fast-path options.
+        model: attnseg model; it is put in eval mode and modified in place by the fast-path options, and called
+            through `FixedScales(model, scales)`.
         precision: ``"fp32"`` or ``"bf16"`` (autocast; the logits come back as float32).
         channels_last: NHWC weights and inputs; default on for bf16.
         compile: `torch.compile` the model (see `prepare_fast_model`).
-        scales: in-model scales (MscaleOCR hierarchical fusion); None keeps the model's `eval_scales`.
+        scales: in-model scales (MscaleOCR hierarchical fusion); None: the model's `eval_scales`.
         output: ``"logits"``, ``"softmax"`` or ``"argmax"``.
         sidecar: checkpoint sidecar (pre-processing, names), kept for `Predictor`.
     """
@@ -142,25 +113,21 @@ class TorchBackend(Backend):
         self.channels_last = precision == "bf16" if channels_last is None else channels_last
         self.output = output
         self.sidecar = sidecar
-        self._scales = inference_scales(model, scales)
-        self.scales = self._scales.__enter__()  # kept for the backend's lifetime; `close` restores the model
+        self.module = FixedScales(model, scales)
+        self.scales = self.module.scales
+        self._was_training = model.training
         prepare_fast_model(model, channels_last=self.channels_last, compile=compile)
         self.num_classes = int(getattr(sidecar, "num_classes", 0) or 0)
 
     def close(self) -> None:
-        """Restore the model's `eval_scales` and mode."""
-        self._scales.__exit__(None, None, None)
+        """Give the model its train/eval mode back."""
+        self.model.train(self._was_training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W) float32 logits of a normalised float tensor."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
-                    else contextlib.nullcontext())  # fmt: skip
-        with torch.inference_mode(), autocast:
-            logits = _logits(self.model(images))
+        logits = fast_forward(self.module, images, self.precision, self.channels_last)
         self.num_classes = int(logits.shape[1])
-        return logits.float()
+        return logits
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         logits = self.forward(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
@@ -336,23 +303,54 @@ class BackendModule(nn.Module):
         return torch.from_numpy(self.backend.scores(images.detach().float().cpu().numpy())).to(images.device)
 
 
-def eval_backend_model(args: Any, eval_cfg: Any) -> tuple:
-    """What `attnseg eval --backend onnxruntime|openvino` evaluates: ``(module, mean, std, class_names, palette,
-    description, eval_cfg)``; the eval config's in-model scales are replaced by the exported graph's (1.0 outside).
+@dataclass(frozen=True)
+class BackendEvalModel:
+    """An exported model as `evaluate_model` runs it.
+
+    Attributes:
+        model: the backend as a module, with the sidecar's classes, palette and normalisation; on the CPU.
+        outside_scales: the scales the evaluation must run outside the graph ((1.0,) when the graph fuses its own),
+            None to keep the recipe's (average mode).
+        precision: the precision of the evaluation around the backend: fp32 (the backend computes in its own; an
+            autocast around it would do nothing).
+    """
+
+    model: EvalModel
+    outside_scales: tuple[float, ...] | None
+    precision: str = "fp32"
+
+
+def eval_backend_model(
+    weights: str | os.PathLike,
+    backend: str,
+    *,
+    precision: str | None = None,
+    compile: bool = False,
+    scales: Sequence[float] | None = None,
+    multi_scale: str = "hierarchical",
+) -> BackendEvalModel:
+    """What `attnseg eval --backend onnxruntime|openvino` evaluates.
+
+    Args:
+        weights: the ``.onnx`` / ``.xml`` file.
+        backend: ``"onnxruntime"`` or ``"openvino"`` (see `load_backend`).
+        precision: the backend's precision (``"fp32"`` / ``"bf16"``).
+        compile: refused (torch only), as by `load_backend`.
+        scales: the scales the user asked for (None: not given); in hierarchical mode they must be the graph's.
+        multi_scale: ``"hierarchical"`` (the graph fuses its scales, the evaluation runs at 1.0 outside) or
+            ``"average"`` (the scales are averaged outside the graph).
 
     Raises:
-        AttnsegError: sliding-window/hierarchical options that an exported graph cannot honour.
+        AttnsegError: an option the exported graph cannot honour.
     """
-    import dataclasses
-
-    runtime = load_backend(args.weights, args.backend, precision=args.precision, compile=bool(args.compile))
+    runtime = load_backend(weights, backend, precision=precision, compile=compile)
     sidecar = runtime.sidecar
-    if eval_cfg.multi_scale == "hierarchical":
-        if args.scales is not None:
-            check_scales_fit(sidecar, args.scales, args.weights)
-        eval_cfg = dataclasses.replace(eval_cfg, scales=(1.0,))
-    # The backend computes in its own precision; autocast around it would do nothing.
-    eval_cfg = dataclasses.replace(eval_cfg, precision="fp32")
-    description = f"{args.weights} ({sidecar.model}, {runtime.name}, in-graph scales {sidecar.scales})"
-    return (BackendModule(runtime), sidecar.mean, sidecar.std, sidecar.class_names, sidecar.palette, description,
-            eval_cfg)  # fmt: skip
+    outside_scales = None
+    if multi_scale == "hierarchical":
+        if scales is not None:
+            check_scales_fit(sidecar, scales, weights)
+        outside_scales = (1.0,)
+    description = f"{weights} ({sidecar.model}, {runtime.name}, in-graph scales {sidecar.scales})"
+    model = EvalModel(BackendModule(runtime), list(sidecar.class_names), np.asarray(sidecar.palette), description,
+                      tuple(sidecar.mean), tuple(sidecar.std), torch.device("cpu"))  # fmt: skip
+    return BackendEvalModel(model, outside_scales)

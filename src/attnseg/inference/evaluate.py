@@ -3,7 +3,8 @@
 `evaluate_model` is what both `attnseg eval` and the training engine's periodic evaluation call::
 
     evaluate_model
-      ├─ set MscaleOCR's `eval_scales` (hierarchical) or run the scales here (average), restore after
+      ├─ eval mode (restored after); `model_forward` passes the scales to MscaleOCR's forward (hierarchical)
+      │  or runs the model at 1.0 and the scales here (average)
       ├─ per batch: `predict_scores` = window/whole forward, flip/scale TTA (`attnseg.inference.tta`)
       ├─ `scores_to_labels` (max over channels; bilinear resize first when labels have another size)
       ├─ `ConfusionMatrix.update` on the device, `on_prediction(...)` for dumps and submission files
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnseg.errors import ConfigError
-from attnseg.inference.sliding import logits_of, slide_inference
+from attnseg.inference.scales import check_hierarchical_scales, check_scales
+from attnseg.inference.sliding import slide_inference
 from attnseg.inference.tta import Fusion, tta_inference_with_output
 from attnseg.metrics.confusion import ConfusionMatrix, SegmentationMetrics
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.models import fuses_scales, unwrap_model
+from attnseg.models.outputs import SegmentationOutput, logits_of
 
 MultiScale = Literal["hierarchical", "average"]
 Mode = Literal["whole", "slide"]
@@ -50,16 +53,25 @@ class InferenceRecipe:
     fusion: Fusion = "softmax"
 
     def __post_init__(self) -> None:
-        if not self.scales or any(scale <= 0 for scale in self.scales):
-            raise ConfigError(f"eval scales must be positive, got {self.scales}")
+        if not self.scales:
+            raise ConfigError("eval scales: at least one scale is needed")
         if self.multi_scale not in ("hierarchical", "average"):
             raise ConfigError(f"multi_scale must be 'hierarchical' or 'average', got {self.multi_scale!r}")
+        # The one scale check (attnseg.inference.scales), as the config and the command line apply it.
+        check_scales(self.scales)
+        if self.multi_scale == "hierarchical":
+            check_hierarchical_scales(self.scales)
         if self.mode not in ("whole", "slide"):
             raise ConfigError(f"eval mode must be 'whole' or 'slide', got {self.mode!r}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
             raise ConfigError("sliding-window evaluation needs crop_size and stride (height, width)")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"eval precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+    @property
+    def model_scales(self) -> tuple[float, ...]:
+        """Scales fused inside the model (all of them for "hierarchical", only 1.0 for "average")."""
+        return self.scales if self.multi_scale == "hierarchical" else (1.0,)
 
     @property
     def tta_scales(self) -> tuple[float, ...]:
@@ -97,38 +109,40 @@ def check_class_count(
         )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers (where `eval_scales` lives)."""
-    return getattr(model, "module", model)
-
-
 @contextlib.contextmanager
-def inference_state(model: nn.Module, recipe: InferenceRecipe, keep_scale_outputs: bool = False):
-    """Put `model` in eval mode with the recipe's in-model scales; restore mode and attributes on exit.
-
-    MscaleOCR-style models expose `eval_scales`: "hierarchical" sets it to the recipe's scales, "average" to (1.0,)
-    so that every averaged pass is a plain single-scale forward. A model without it accepts only scale 1.0 in
-    hierarchical mode.
-    """
-    inner = unwrap_model(model)
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode; its train/eval mode is restored on exit (the training loop evaluates between steps)."""
     was_training = model.training
-    saved = {name: getattr(inner, name) for name in ("eval_scales", "keep_scale_outputs") if hasattr(inner, name)}
-    if "eval_scales" in saved:
-        inner.eval_scales = recipe.scales if recipe.multi_scale == "hierarchical" else (1.0,)
-    elif recipe.multi_scale == "hierarchical" and recipe.scales != (1.0,):
-        raise ConfigError(
-            f"{type(inner).__name__} has no hierarchical multi-scale fusion (no `eval_scales`); "
-            f"evaluate scales {list(recipe.scales)} with multi_scale='average' instead"
-        )
-    if "keep_scale_outputs" in saved:
-        inner.keep_scale_outputs = keep_scale_outputs
     model.eval()
     try:
         yield model
     finally:
-        for name, value in saved.items():
-            setattr(inner, name, value)
         model.train(was_training)
+
+
+def model_forward(model: nn.Module, recipe: InferenceRecipe, keep_scale_outputs: bool = False) -> Callable:
+    """The callable ``images -> output`` that runs `model` with the recipe's in-model scales.
+
+    A model that fuses scales (`attnseg.models.fuses_scales`, MscaleOCR) gets ``scales=recipe.model_scales``: the
+    recipe's scales for "hierarchical", (1.0,) for "average" (every averaged pass is a plain single-scale forward).
+    Any other model accepts only scale 1.0 in hierarchical mode.
+
+    Args:
+        model: the network (possibly wrapped in DDP / torch.compile).
+        recipe: the inference recipe.
+        keep_scale_outputs: let a scale-fusing model return every scale's logits (for per-scale dumps).
+
+    Raises:
+        ConfigError: hierarchical scales other than (1.0,) for a model without multi-scale fusion.
+    """
+    if fuses_scales(model):
+        return partial(model, scales=recipe.model_scales, keep_scale_outputs=keep_scale_outputs)
+    if recipe.multi_scale == "hierarchical" and recipe.scales != (1.0,):
+        raise ConfigError(
+            f"{type(unwrap_model(model)).__name__} has no hierarchical multi-scale fusion (it takes no scales); "
+            f"evaluate scales {list(recipe.scales)} with multi_scale='average' instead"
+        )
+    return model
 
 
 def _with_autocast(fn: Callable, device: torch.device, precision: Precision) -> Callable:
@@ -159,10 +173,11 @@ class BatchScores:
 
 
 def predict_scores(model: Callable, images: torch.Tensor, recipe: InferenceRecipe, num_classes: int) -> BatchScores:
-    """Scores of a batch under `recipe`; the model must already be in the state `inference_state` sets.
+    """Scores of a batch under `recipe`.
 
     Args:
-        model: callable `images -> logits | SegmentationOutput`.
+        model: callable `images -> logits | SegmentationOutput` in eval mode, with the recipe's in-model scales
+            bound (`model_forward`).
         images: (N, 3, H, W) normalised images on the model's device.
         recipe: the inference recipe.
         num_classes: K, needed by sliding-window assembly.
@@ -211,14 +226,14 @@ def evaluate_model(
     """Evaluate `model` on every batch of `loader` and return the metrics of the whole split.
 
     Args:
-        model: a module returning logits or `SegmentationOutput`; its train/eval mode and `eval_scales` are
-            restored afterwards, so the training loop can call this between steps.
+        model: a module returning logits or `SegmentationOutput`; its train/eval mode is restored afterwards, so
+            the training loop can call this between steps.
         loader: yields dicts with ``"image"`` (N, 3, H, W) normalised float, ``"label"`` (N, H, W) long trainIds
             (or None for an unlabelled split: no metrics, predictions still reach `on_prediction`) and ``"name"``.
             Under torch.distributed each process iterates its own shard.
         num_classes: K.
         scales: test scales; 1.0 must be among them for hierarchical fusion.
-        multi_scale: ``"hierarchical"`` = MscaleOCR's attention fusion inside the model (sets `eval_scales`);
+        multi_scale: ``"hierarchical"`` = MscaleOCR's attention fusion inside the model (``scales=`` of forward);
             ``"average"`` = the model runs at each scale and the passes are averaged here (any model).
         flip: add horizontally flipped passes (fused with `fusion`).
         mode: ``"whole"`` image or ``"slide"`` window inference (then `crop_size` and `stride`, (height, width)).
@@ -249,11 +264,12 @@ def evaluate_model(
     device = torch.device(device)
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     bar = _progress_bar(loader, progress)
-    with inference_state(model, recipe, keep_scale_outputs=keep_scale_outputs), torch.inference_mode():
+    forward = model_forward(model, recipe, keep_scale_outputs)
+    with eval_mode(model), torch.inference_mode():
         for batch in bar:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch.get("label")
-            result = predict_scores(model, images, recipe, num_classes)
+            result = predict_scores(forward, images, recipe, num_classes)
             size = labels.shape[-2:] if labels is not None else None
             predictions = scores_to_labels(result.scores, size)
             if labels is not None:

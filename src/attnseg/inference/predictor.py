@@ -19,6 +19,7 @@ fit, and says so through `log`. ``slide=True`` always uses windows. `Predictor.p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -37,12 +38,14 @@ from attnseg.inference.dump import colorize, overlay
 from attnseg.inference.evaluate import (
     InferenceRecipe,
     _with_autocast,
-    inference_state,
+    eval_mode,
+    model_forward,
     predict_scores,
     scores_to_labels,
 )
 from attnseg.inference.memory import MemoryModel, default_memory_budget, format_bytes, probe_memory_model
 from attnseg.inference.preprocess import normalize_image, to_rgb_uint8
+from attnseg.models import default_scales, fuses_scales
 
 LogitsFn = Callable[[torch.Tensor], Any]
 # A runtime backend: (N, 3, H, W) float32 normalised array -> (N, K, H, W) logits array.
@@ -148,7 +151,9 @@ class Predictor:
         device: where input tensors are put.
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         scales, multi_scale, flip, fusion: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
-        model: the module behind `logits_fn` if any (its eval state and `eval_scales` are managed per call).
+        model: the module behind `logits_fn` if any: put in eval mode per call; a model that fuses scales
+            (MscaleOCR) is called as ``model(images, scales=...)`` with the recipe's scales, so `logits_fn` must be
+            the model itself then.
         slide: always run sliding windows (`crop_size` default: the largest that fits the budget, at most
             `MAX_AUTO_CROP`).
         crop_size: window (height, width) for sliding, explicit or automatic.
@@ -203,6 +208,8 @@ class Predictor:
             raise ValueError(
                 "hierarchical multi-scale needs the model itself; use multi_scale='average' with a backend"
             )
+        if model is not None and fuses_scales(model) and logits_fn is not model:
+            raise ValueError("a model that fuses scales is called with the recipe's scales: pass it as logits_fn too")
 
     @property
     def num_classes(self) -> int:
@@ -231,7 +238,8 @@ class Predictor:
             path: checkpoint base name or file, or a training run directory.
             device: default CUDA when available, else CPU.
             precision: ``"fp32"`` or ``"bf16"``.
-            scales: test scales; None keeps the model's own (`eval_scales` of MscaleOCR, else 1.0).
+            scales: test scales; None: the model's own (`attnseg.models.default_scales`: MscaleOCR's
+                `eval_scales`, else 1.0) for hierarchical, 1.0 for average.
             multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
             flip: add flipped passes.
             fusion: ``"softmax"`` or ``"logits"`` averaging of the passes.
@@ -243,7 +251,7 @@ class Predictor:
         device = torch.device(device) if device is not None else _default_device()
         model, sidecar = load_model(resolve_weights(path), device=device)
         if scales is None:
-            scales = tuple(getattr(model, "eval_scales", (1.0,))) if multi_scale == "hierarchical" else (1.0,)
+            scales = default_scales(model) if multi_scale == "hierarchical" else (1.0,)
         return cls(
             model, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
             device=device, precision=precision, scales=scales, multi_scale=multi_scale, flip=flip, fusion=fusion,
@@ -297,17 +305,25 @@ class Predictor:
             recipe = dataclasses.replace(recipe, mode="slide", crop_size=plan.crop_size, stride=plan.stride)
             if plan.automatic:
                 self.log(plan.describe())
-        if self.model is not None:
-            with inference_state(self.model, recipe), torch.inference_mode():
-                result = predict_scores(self.logits_fn, tensor, recipe, self.num_classes)
-        else:
-            with torch.inference_mode():
-                result = predict_scores(self.logits_fn, tensor, recipe, self.num_classes)
+        forward = self._forward(recipe)
+        with self._eval_mode(), torch.inference_mode():
+            result = predict_scores(forward, tensor, recipe, self.num_classes)
         labels = scores_to_labels(result.scores)[0].cpu().numpy()
         if not return_probabilities:
             return labels
         scores = result.scores if result.are_probabilities else torch.softmax(result.scores, dim=1)
         return labels, scores[0].float().cpu().numpy()
+
+    def _forward(self, recipe: InferenceRecipe) -> LogitsFn:
+        """`logits_fn`, or the model with the recipe's in-model scales bound (`model_forward`, which also refuses
+        hierarchical scales for a model without fusion)."""
+        if self.model is None:
+            return self.logits_fn
+        forward = model_forward(self.model, recipe)
+        return forward if fuses_scales(self.model) else self.logits_fn
+
+    def _eval_mode(self):
+        return eval_mode(self.model) if self.model is not None else contextlib.nullcontext()
 
     def budget_bytes(self) -> int | None:
         """The memory budget now in force (``"auto"`` resolved against the current free memory)."""
@@ -321,8 +337,8 @@ class Predictor:
         if self.model is None:
             return None
         if self._memory_model is None:
-            window = _with_autocast(self.logits_fn, self.device, self.recipe.precision)
-            with inference_state(self.model, self.recipe):
+            window = _with_autocast(self._forward(self.recipe), self.device, self.recipe.precision)
+            with eval_mode(self.model):
                 self._memory_model = probe_memory_model(window, self.device, self.num_classes,
                                                         self.recipe.tta_scales, not self.recipe.single_pass)
         return self._memory_model

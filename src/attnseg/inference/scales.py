@@ -145,7 +145,7 @@ def check_scaled_input(height: int, width: int, scales: tuple[float, ...], what:
         ConfigError: naming the scale, the size it makes and the limit.
     """
     for scale in scales:
-        new_height, new_width = scaled_size(height, width, scale)
+        new_height, new_width = rounded_size(height, width, scale)
         if max(new_height, new_width) > MAX_SIDE:
             raise ConfigError(f"scale {scale:g} makes a {new_height}x{new_width} input from {what} ({height}x{width}):"
                               f" more than the {MAX_SIDE} px per side attnseg allows")  # fmt: skip
@@ -156,7 +156,7 @@ def format_scales(scales: tuple[float, ...]) -> str:
     return ",".join(f"{scale:g}" for scale in scales)
 
 
-def scaled_length(length: int, scale: float, rounding: Rounding = "half_up") -> int:
+def rounded_length(length: int, scale: float, rounding: Rounding = "half_up") -> int:
     """Length of one image side after resizing by `scale`, at least 1.
 
     Args:
@@ -170,9 +170,10 @@ def scaled_length(length: int, scale: float, rounding: Rounding = "half_up") -> 
     return max(1, rounded)
 
 
-def scaled_size(height: int, width: int, scale: float, rounding: Rounding = "half_up") -> tuple[int, int]:
-    """(height, width) after resizing by `scale`; see `scaled_length`."""
-    return scaled_length(height, scale, rounding), scaled_length(width, scale, rounding)
+def rounded_size(height: int, width: int, scale: float, rounding: Rounding = "half_up") -> tuple[int, int]:
+    """(height, width) after resizing by `scale`, each side rounded to the nearest integer (half up as PaddleSeg, or
+    half to even as NVIDIA's test-time ``round``) and at least 1; see `rounded_length`."""
+    return rounded_length(height, scale, rounding), rounded_length(width, scale, rounding)
 
 
 def fit_longer_side(height: int, width: int, longer: int) -> tuple[int, int]:
@@ -180,4 +181,4 @@ def fit_longer_side(height: int, width: int, longer: int) -> tuple[int, int]:
     if longer <= 0:
         raise ValueError(f"longer side must be positive, got {longer}")
     scale = longer / max(height, width)
-    return (longer, scaled_length(width, scale)) if height >= width else (scaled_length(height, scale), longer)
+    return (longer, rounded_length(width, scale)) if height >= width else (rounded_length(height, scale), longer)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.models.outputs import SegmentationOutput, logits_of
 
-LogitsFn = Callable[[torch.Tensor], "torch.Tensor | SegmentationOutput"]
+LogitsFn = Callable[[torch.Tensor], torch.Tensor | SegmentationOutput]
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -58,11 +58,6 @@ def window_grid(
     rows = window_starts(height, crop_size[0], stride[0])
     cols = window_starts(width, crop_size[1], stride[1])
     return [(top, bottom, left, right) for top, bottom in rows for left, right in cols]
-
-
-def logits_of(output: torch.Tensor | SegmentationOutput) -> torch.Tensor:
-    """The class scores of a network output, which may be a bare tensor or a `SegmentationOutput`."""
-    return output.logits if isinstance(output, SegmentationOutput) else output
 
 
 def slide_inference(

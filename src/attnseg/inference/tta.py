@@ -1,8 +1,8 @@
 """Model-agnostic test-time augmentation: average predictions over input scales and a horizontal flip.
 
 This works for any callable that maps normalised images to logits; it knows nothing about MscaleOCR. MscaleOCR's
-*hierarchical* fusion is a different thing that happens inside the model (`model.eval_scales`); the two compose:
-the reference Cityscapes recipes run the model in 3- or 5-scale hierarchical mode and add the flip here.
+*hierarchical* fusion is a different thing that happens inside the model (``model(images, scales=...)``); the two
+compose: the reference Cityscapes recipes run the model in 3- or 5-scale hierarchical mode and add the flip here.
 
 How the passes are fused differs between the references, and both are offered:
 
@@ -27,9 +27,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from attnseg.inference.scales import Rounding, scaled_size
-from attnseg.inference.sliding import logits_of
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.inference.scales import Rounding, rounded_size
+from attnseg.models.outputs import SegmentationOutput, logits_of
 
 Fusion = Literal["softmax", "logits"]
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | SegmentationOutput"]
@@ -77,7 +76,7 @@ def tta_inference_with_output(
     resized = image
     for scale, flipped in passes:
         if not flipped:  # the flipped pass of a scale reuses that scale's resized image
-            size = scaled_size(height, width, scale, rounding)
+            size = rounded_size(height, width, scale, rounding)
             resized = image if size == (height, width) else _resize(image, size)
         output = fn(torch.flip(resized, dims=(3,)) if flipped else resized)
         if reference_output is None and scale == reference_scale and not flipped:
@@ -114,7 +113,7 @@ def tta_inference(
         scales: resize factors of the input; 1.0 is the input itself.
         flip: add a horizontally flipped pass for every scale (flipped back before fusing).
         fusion: ``"softmax"`` = mean of probabilities, ``"logits"`` = mean of logits (see the module docstring).
-        rounding: how a resized side is rounded (`attnseg.inference.scales.scaled_length`).
+        rounding: how a resized side is rounded (`attnseg.inference.scales.rounded_length`).
 
     Returns:
         (N, K, H, W) float32 fused scores; argmax over dim 1 gives the prediction.

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from attnseg.models.outputs import SegmentationOutput
+from attnseg.models.outputs import SegmentationOutput, logits_of
+from attnseg.models.wrappers import FixedScales, default_scales, fuses_scales, unwrap_model
 
 # name -> builder(num_classes=..., **kwargs). Filled by the model families below.
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -38,7 +39,17 @@ def create_model(name: str, num_classes: int = 19, **kwargs) -> nn.Module:
     return builder(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODEL_BUILDERS", "SegmentationOutput", "create_model", "list_models"]
+__all__ = [
+    "MODEL_BUILDERS",
+    "FixedScales",
+    "SegmentationOutput",
+    "create_model",
+    "default_scales",
+    "fuses_scales",
+    "list_models",
+    "logits_of",
+    "unwrap_model",
+]
 
 # HRNet + OCR family (single-scale and hierarchical multi-scale attention).
 from attnseg.models.mscale.model import MSCALE_MODEL_BUILDERS  # noqa: E402

@@ -34,3 +34,8 @@ class SegmentationOutput:
 # DistributedDataParallel and torch.export walk outputs as pytrees; registering the dataclass lets both see
 # every tensor inside it (DDP needs that to find which parameters took part in the forward).
 pytree.register_dataclass(SegmentationOutput)
+
+
+def logits_of(output: torch.Tensor | SegmentationOutput) -> torch.Tensor:
+    """The class scores of a network output, which may be a bare tensor or a `SegmentationOutput`."""
+    return output.logits if isinstance(output, SegmentationOutput) else output

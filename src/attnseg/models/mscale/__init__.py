@@ -4,8 +4,8 @@ from attnseg.models.mscale.fusion import (
     FusedOutputs,
     ScaleOutputs,
     hierarchical_fusion,
+    interpolate_size,
     resize_by_scale,
-    scaled_size,
     two_scale_fusion,
 )
 from attnseg.models.mscale.model import (
@@ -33,7 +33,7 @@ __all__ = [
     "create_mscale_ocr",
     "create_ocrnet",
     "hierarchical_fusion",
+    "interpolate_size",
     "resize_by_scale",
-    "scaled_size",
     "two_scale_fusion",
 ]

@@ -65,13 +65,14 @@ class FusedOutputs:
     scale_attention: dict[float, torch.Tensor] = field(default_factory=dict)
 
 
-def scaled_size(size: Sequence[int], scale: float) -> tuple[int, ...]:
-    """Size of an image resized by `scale`: floor of each side times the scale (the reference's ResizeX)."""
+def interpolate_size(size: Sequence[int], scale: float) -> tuple[int, ...]:
+    """Size of an image resized by `scale` the way ``F.interpolate(scale_factor=scale)`` sizes it: the floor of each
+    side times the scale (the reference's ResizeX); may be 0 for a tiny side."""
     return tuple(math.floor(float(side) * scale) for side in size)
 
 
 def resize_by_scale(images: torch.Tensor, scale: float, recompute_scale_factor: bool = True) -> torch.Tensor:
-    """Bilinear resize by a factor, output size `scaled_size(images.shape[-2:], scale)`; identity at 1.0.
+    """Bilinear resize by a factor, output size `interpolate_size(images.shape[-2:], scale)`; identity at 1.0.
 
     Args:
         images: (N, C, H, W).

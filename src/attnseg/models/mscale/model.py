@@ -10,8 +10,9 @@ Forward contract (`SegmentationOutput`):
   (attention-combined) maps at the input size; `scale_logits = {low: p_low (low-scale size), 1.0: p_1x}`,
   `scale_attention = {low: a_low}`. The reference's supervised multi-scale loss upsamples `p_low` bilinearly
   (align_corners=False) to the label size first; the criterion does that resize.
-- `MscaleOCR` in eval mode: hierarchical fusion over `eval_scales` (a settable attribute); per-scale logits (if
-  `keep_scale_outputs`) and the attention maps that took part, each at its scale's size.
+- `MscaleOCR` in eval mode: hierarchical fusion over the `scales` argument of forward (default: the constructor's
+  `eval_scales`); per-scale logits (only with ``keep_scale_outputs=True``) and the attention maps that took part,
+  each at its scale's size.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -96,13 +98,17 @@ class MscaleOCR(nn.Module):
         backbone: an HRNet.
         ocr: the OCR head on the backbone's concatenated representation.
         scale_attn: attention head on the OCR features.
-        eval_scales: scales fused in eval mode; must contain 1.0. ``(1.0,)`` gives the plain single-scale forward.
+        eval_scales: scales fused in eval mode when forward gets no ``scales``; must contain 1.0. ``(1.0,)`` gives
+            the plain single-scale forward. Read-only afterwards (`eval_scales`): callers pass other scales to
+            forward instead of changing the model.
         train_scales: ``(low, 1.0)`` for the reference's two-scale training, or ``(1.0,)`` for single scale.
-        keep_scale_outputs: in eval mode, also return every scale's logits (costs memory at large scales).
         resize_recompute_scale_factor: how the input is resized to each scale (`resize_by_scale`): True as NVIDIA
             (samples at the input/output size ratio), False as PaddleSeg (at 1 / scale); they differ only where
             ``side * scale`` is not an integer. A settable attribute.
     """
+
+    # The scales seam (`attnseg.models.fuses_scales`): forward takes `scales` and `keep_scale_outputs`.
+    FUSES_SCALES: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -111,20 +117,23 @@ class MscaleOCR(nn.Module):
         scale_attn: ScaleAttentionHead,
         eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
         train_scales: Sequence[float] = (0.5, 1.0),
-        keep_scale_outputs: bool = True,
         resize_recompute_scale_factor: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
         self.ocr = ocr
         self.scale_attn = scale_attn
-        self.eval_scales = tuple(float(s) for s in eval_scales)
+        self._eval_scales = tuple(float(s) for s in eval_scales)
         train = sorted(float(s) for s in train_scales)
         if train != [1.0] and not (len(train) == 2 and train[1] == 1.0 and 0.0 < train[0] < 1.0):
             raise ValueError(f"train_scales must be (low, 1.0) with 0 < low < 1, or (1.0,); got {tuple(train_scales)}")
         self.train_scales = tuple(train)
-        self.keep_scale_outputs = keep_scale_outputs
         self.resize_recompute_scale_factor = resize_recompute_scale_factor
+
+    @property
+    def eval_scales(self) -> tuple[float, ...]:
+        """The scales fused in eval mode when forward is given none (the constructor's `eval_scales`)."""
+        return self._eval_scales
 
     def forward_single_scale(self, images: torch.Tensor) -> ScaleOutputs:
         """The network at one scale (the reference's `_fwd`): logits, aux logits and attention, all upsampled
@@ -134,13 +143,23 @@ class MscaleOCR(nn.Module):
         size = images.shape[-2:]
         return ScaleOutputs(_upsample(logits, size), _upsample(aux_logits, size), _upsample(attention, size))
 
-    def forward(self, images: torch.Tensor) -> SegmentationOutput:
+    def forward(
+        self, images: torch.Tensor, scales: Sequence[float] | None = None, keep_scale_outputs: bool = False
+    ) -> SegmentationOutput:
+        """Two-scale training forward (`train_scales`), or hierarchical fusion over `scales` in eval mode.
+
+        Args:
+            images: (N, 3, H, W) normalised images.
+            scales: eval mode: the scales to fuse, containing 1.0 (None: `eval_scales`). Ignored in training mode.
+            keep_scale_outputs: eval mode: also return every scale's logits in `scale_logits` (memory: the 2.0-scale
+                logits of a 1024x2048 image alone take 640 MB).
+        """
         if self.training:
             fused = self._forward_train(images)
         else:
             fused = hierarchical_fusion(
-                self.forward_single_scale, images, self.eval_scales, keep_scale_outputs=self.keep_scale_outputs,
-                recompute_scale_factor=self.resize_recompute_scale_factor,
+                self.forward_single_scale, images, self._eval_scales if scales is None else scales,
+                keep_scale_outputs=keep_scale_outputs, recompute_scale_factor=self.resize_recompute_scale_factor,
             )
         return SegmentationOutput(fused.logits, fused.aux_logits, fused.scale_logits, fused.scale_attention)
 
