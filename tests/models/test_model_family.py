@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from attnseg.losses import CrossEntropyLoss, LossTerm, SegmentationCriterion, nvidia_criterion, psanet_criterion
-from attnseg.models import SegmentationOutput, create_model, list_models
+from attnseg.models import SegmentationOutput, create_model, fuses_scales, list_models
 
 NUM_CLASSES = 5
 TRAIN_SHAPE = (2, 3, 32, 64)
@@ -107,16 +107,9 @@ def build(name: str) -> nn.Module:
 
 
 def eval_forward(model: nn.Module, images: torch.Tensor) -> SegmentationOutput:
-    """The eval-mode forward over `EVAL_SCALES` with the per-scale logits kept: the one multi-scale call here.
-
-    Today MscaleOCR fuses the `eval_scales` its builder got (`_MSCALE.build_kwargs`) and keeps per-scale logits by
-    default, so this is the plain call. When the scales seam lands (agreed API: ``model(images, scales=...,
-    keep_scale_outputs=False)`` and ``attnseg.models.fuses_scales(model)``), this becomes::
-
-        if fuses_scales(model):
-            return model(images, scales=EVAL_SCALES, keep_scale_outputs=True)
-        return model(images)
-    """
+    """The eval-mode forward over `EVAL_SCALES` with the per-scale logits kept: the one multi-scale call here."""
+    if fuses_scales(model):
+        return model(images, scales=EVAL_SCALES, keep_scale_outputs=True)
     return model(images)
 
 
