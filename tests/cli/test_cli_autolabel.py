@@ -95,3 +95,23 @@ def test_autolabel_user_errors_are_one_line(teacher, tmp_path, capsys, arguments
                  *arguments])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_autolabel_measures_pseudo_label_accuracy_against_the_truth(teacher, tmp_path, capsys):
+    from attnseg.data.labels import label_ids_to_train_ids
+
+    out = tmp_path / "root"
+    assert main(["autolabel", str(teacher / "teacher"), str(teacher / "unlabelled" / "leftImg8bit" / "train"),
+                 "--out", str(out), "--threshold", "0", "--truth", str(teacher / "unlabelled"),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "of labelled pixels correct against --truth" in capsys.readouterr().out
+    checked = correct = 0
+    for label_path in sorted((out / "convert_autolabelled").rglob("*_leftImg8bit.png")):
+        stem = label_path.name[: -len("_leftImg8bit.png")]
+        truth_path = teacher / "unlabelled" / "gtFine" / "train" / label_path.parent.name / f"{stem}_gtFine_labelIds.png"
+        truth = label_ids_to_train_ids(cv2.imread(str(truth_path), cv2.IMREAD_UNCHANGED))
+        label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+        judged = (label < 19) & (truth < 19)
+        checked, correct = checked + judged.sum(), correct + (label[judged] == truth[judged]).sum()
+    sidecar = json.loads((out / "convert_autolabelled" / "autolabel.json").read_text())
+    assert checked > 0 and sidecar["accuracy_against_truth"] == pytest.approx(correct / checked)

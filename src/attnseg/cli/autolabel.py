@@ -18,6 +18,7 @@ and per class. Re-running skips images already labelled; under ``torchrun`` each
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--refine-coarse", action="store_true",
                         help="keep gtCoarse classes of ROOT/gtCoarse/train_extra; the teacher fills the rest")
     parser.add_argument("--no-confidence", action="store_true", help="do not write the _prob.png confidence maps")
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="Cityscapes root with the images' true gtFine labels: report pseudo-label accuracy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_recipe_arguments(parser)
     add_tiling_arguments(parser)
@@ -93,21 +96,35 @@ def _recipe_defaults(args: argparse.Namespace) -> None:
         args.flip = True
 
 
-def _coarse_reader(root: Path):
-    """item -> its gtCoarse label in trainIds (from labelTrainIds, else mapped from labelIds), or None."""
+def _label_reader(folders: list[Path], quality: str):
+    """item -> its Cityscapes label of `quality` (gtFine, gtCoarse) in trainIds from the first of `folders` that has
+    it (labelTrainIds, else labelIds mapped), or None."""
     from attnseg.data.base import read_label_png
     from attnseg.data.labels import label_ids_to_train_ids
 
-    folder = root / "gtCoarse" / "train_extra"
-
     def read(item):
-        train_ids = folder / item.city / f"{item.frame}_gtCoarse_labelTrainIds.png"
-        label_ids = folder / item.city / f"{item.frame}_gtCoarse_labelIds.png"
-        if train_ids.is_file():
-            return read_label_png(train_ids)
-        return label_ids_to_train_ids(read_label_png(label_ids)) if label_ids.is_file() else None
+        for folder in folders:
+            train_ids = folder / item.city / f"{item.frame}_{quality}_labelTrainIds.png"
+            label_ids = folder / item.city / f"{item.frame}_{quality}_labelIds.png"
+            if train_ids.is_file():
+                return read_label_png(train_ids)
+            if label_ids.is_file():
+                return label_ids_to_train_ids(read_label_png(label_ids))
+        return None
 
     return read
+
+
+def _truth_reader(root: Path | None):
+    """item -> its gtFine label under ROOT/gtFine/<any split>/ (for --truth), or None."""
+    if root is None:
+        return None
+    from attnseg.errors import ConfigError
+
+    folders = sorted(path for path in (root / "gtFine").glob("*") if path.is_dir())
+    if not folders:
+        raise ConfigError(f"--truth {root}: no gtFine/<split>/ folders")
+    return _label_reader(folders, "gtFine")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if context.is_distributed and context.device.type == "cuda":
         args.device = str(context.device)  # one GPU per process
     items = items_from_files(_input_files(args.inputs))
+    truth = _truth_reader(args.truth)
     _recipe_defaults(args)
     if context.is_main:
         remove_stale_temporaries(args.out / "convert_autolabelled")
@@ -139,11 +157,12 @@ def run(args: argparse.Namespace) -> int:
     bar = (lambda it: tqdm(it, desc="autolabel", unit="image", dynamic_ncols=True, disable=args.no_progress
                            or not context.is_main))  # fmt: skip
     summary = label_items(mine, args.out, probabilities, predictor.num_classes, threshold=args.threshold,
-                          coarse_label=_coarse_reader(args.out) if args.refine_coarse else None,
+                          coarse_label=_label_reader([args.out / "gtCoarse" / "train_extra"], "gtCoarse")
+                          if args.refine_coarse else None, true_label=truth,
                           write_confidence=not args.no_confidence, progress=bar)  # fmt: skip
     distributed.barrier()
     if context.is_main:
-        records = collect_records(args.out, items, predictor.num_classes)
+        records = collect_records(args.out, items, predictor.num_classes, truth)
         sidecar = write_sidecar(args.out, records, predictor.class_names, {
             "teacher": str(args.weights), "threshold": args.threshold, "scales": list(recipe.scales),
             "multi_scale": recipe.multi_scale, "flip": recipe.flip, "fusion": recipe.fusion,
@@ -151,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
         })  # fmt: skip
         write_extra_list(args.out)
         coverage = sum(r["labelled"] for r in records.values()) / max(sum(r["pixels"] for r in records.values()), 1)
+        accuracy = json.loads(sidecar.read_text()).get("accuracy_against_truth")
+        checked = f", {accuracy:.1%} of labelled pixels correct against --truth" if accuracy is not None else ""
         print(f"labelled {summary.labelled} images ({summary.skipped} already done) into {args.out}: "
-              f"coverage {coverage:.1%} at threshold {args.threshold}; {sidecar}")  # fmt: skip
+              f"coverage {coverage:.1%} at threshold {args.threshold}{checked}; {sidecar}")  # fmt: skip
     distributed.cleanup()
     return 0

@@ -96,12 +96,21 @@ def refine_with_coarse(label: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return refined
 
 
-def label_statistics(label: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """Coverage (labelled share) and per-class pixel counts of one pseudo-label."""
+def label_statistics(label: np.ndarray, num_classes: int, truth: np.ndarray | None = None) -> dict[str, Any]:
+    """Coverage (labelled share) and per-class pixel counts of one pseudo-label; with the true label, also how many
+    labelled pixels that have a true class agree with it."""
     counts = np.bincount(label.ravel(), minlength=256)
     labelled = int(counts[:num_classes].sum())
-    return {"pixels": int(label.size), "labelled": labelled, "coverage": labelled / max(label.size, 1),
-            "class_pixels": [int(c) for c in counts[:num_classes]]}  # fmt: skip
+    record = {"pixels": int(label.size), "labelled": labelled, "coverage": labelled / max(label.size, 1),
+              "class_pixels": [int(c) for c in counts[:num_classes]]}  # fmt: skip
+    if truth is not None:
+        if truth.shape != label.shape:
+            raise DatasetError(f"true label of {truth.shape[1]}x{truth.shape[0]} for a {label.shape[1]}x"
+                               f"{label.shape[0]} pseudo-label")  # fmt: skip
+        judged = (label < num_classes) & (truth < num_classes)
+        record["checked"] = int(judged.sum())
+        record["correct"] = int((label[judged] == truth[judged]).sum())
+    return record
 
 
 def place_image(item: AutolabelItem, root: Path) -> None:
@@ -146,6 +155,7 @@ def label_items(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     coarse_label: Callable[[AutolabelItem], np.ndarray | None] | None = None,
+    true_label: Callable[[AutolabelItem], np.ndarray | None] | None = None,
     write_confidence: bool = True,
     progress: Callable[[Iterable], Iterable] = lambda items: items,
 ) -> AutolabelSummary:
@@ -159,6 +169,7 @@ def label_items(
         threshold: minimum top probability for a pixel to be labelled.
         coarse_label: item -> its gtCoarse trainIds or None; given, the coarse ground truth wins where it has a
             class (NVIDIA's coarse refinement).
+        true_label: item -> its true trainIds or None (measures pseudo-label accuracy; never written).
         write_confidence: also write the confidence PNG.
         progress: wraps the item iterable (a progress bar).
     """
@@ -168,9 +179,10 @@ def label_items(
     for item in progress(items):
         label_path = item.label_path(root)
         key = f"{item.city}/{item.frame}"
+        truth = true_label(item) if true_label is not None else None
         if label_path.is_file():
             summary.skipped += 1
-            summary.records[key] = label_statistics(_read_label(label_path), num_classes)
+            summary.records[key] = label_statistics(_read_label(label_path), num_classes, truth)
             continue
         label, confidence = pseudo_label(predict_probabilities(item.source), threshold)
         coarse = coarse_label(item) if coarse_label is not None else None
@@ -182,18 +194,20 @@ def label_items(
             write_png(item.confidence_path(root), confidence)
         write_png(label_path, label)  # last: its presence marks the image as done
         summary.labelled += 1
-        summary.records[key] = label_statistics(label, num_classes)
+        summary.records[key] = label_statistics(label, num_classes, truth)
     return summary
 
 
-def collect_records(root: Path, items: Sequence[AutolabelItem], num_classes: int) -> dict[str, dict[str, Any]]:
+def collect_records(root: Path, items: Sequence[AutolabelItem], num_classes: int,
+                    true_label: Callable[[AutolabelItem], np.ndarray | None] | None = None) -> dict[str, dict[str, Any]]:
     """Statistics of every item's label file on disk (the sidecar is built from the files, so a resumed or
     sharded run reports all images)."""
     records = {}
     for item in items:
         path = item.label_path(root)
         if path.is_file():
-            records[f"{item.city}/{item.frame}"] = label_statistics(_read_label(path), num_classes)
+            truth = true_label(item) if true_label is not None else None
+            records[f"{item.city}/{item.frame}"] = label_statistics(_read_label(path), num_classes, truth)
     return records
 
 
@@ -202,15 +216,19 @@ def write_sidecar(root: Path, records: dict[str, dict[str, Any]], class_names: S
     """``convert_autolabelled/autolabel.json``: the teacher and recipe, coverage per image and per class."""
     num_classes = len(class_names)
     class_pixels = np.zeros(num_classes, np.int64)
-    pixels = labelled = 0
+    pixels = labelled = checked = correct = 0
     for record in records.values():
         class_pixels += np.asarray(record["class_pixels"], np.int64)
         pixels += record["pixels"]
         labelled += record["labelled"]
+        checked += record.get("checked", 0)
+        correct += record.get("correct", 0)
+    accuracy = {"accuracy_against_truth": correct / checked} if checked else {}
     content = {
         **recipe,
         "images": len(records),
         "coverage": labelled / max(pixels, 1),
+        **accuracy,
         "class_share": {name: int(count) / max(pixels, 1) for name, count in zip(class_names, class_pixels)},
         "per_image": {key: {"coverage": round(r["coverage"], 6), "class_pixels": r["class_pixels"]}
                       for key, r in sorted(records.items())},
