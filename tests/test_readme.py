@@ -39,6 +39,7 @@ NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e '.[dev]' && "
     ".venv/bin/python -m pytest": "set-up + tests: what .ci/run runs",
     "pip install -e '.[export,openvino]'": "installation (.ci/run installs both extras)",
+    "pip install -e '.[int8]'": "installation (.ci/run installs it for its second step)",
 }
 
 # Narrow stand-ins for the recipes' full-size training (a user trying a recipe on a laptop would do the same).
@@ -47,6 +48,7 @@ _TINY_TRAIN = ["model.pretrained=null", "model.kwargs={}", "data.crop_size=[64,1
                "train.save_interval=1", "train.log_interval=1", "train.precision=fp32", "eval.scales=[1.0]"]
 _MSCALE_TRAIN = ["model.name=mscale_ocr_hrnet_w18_small", *_TINY_TRAIN]
 _TINY_EVAL = ["eval.num_workers=0"]
+_DEMO_TRAIN = ("data.crop_size=[32,64]", "data.class_uniform_tile=32", "train.batch_size=2", "train.log_interval=1")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Run:
 
     replace: dict[str, str] = field(default_factory=dict)
     append: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # optional packages (the test skips without them; .ci/run's second step has them)
 
 
 RUNS: dict[str, Run] = {
@@ -87,6 +90,21 @@ RUNS: dict[str, Run] = {
     "attnseg export runs/demo --format onnx --out model.onnx --output argmax --scales 0.5,1.0,2.0 --dynamic":
         Run(append=("--input-shape", "1", "3", "64", "128")),
     "attnseg predict model.onnx images/ --backend onnxruntime --out predictions": Run(),
+    "attnseg autolabel runs/fine data/cityscapes --out data/cityscapes --refine-coarse": Run(append=("--no-progress",)),
+    "attnseg make-synthetic data/few --train 40 --val 30": Run({"40": "3", "30": "2"}, ("--height", "64", "--width",
+                                                                                          "128")),
+    "attnseg make-synthetic data/unlabelled --train 260 --val 0 --seed 11": Run({"260": "3"}, ("--height", "64",
+                                                                                                "--width", "128")),
+    "attnseg train configs/demo_mscale.yaml --out runs/teacher data.root=data/few train.iters=600":
+        Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
+    "attnseg autolabel runs/teacher data/unlabelled/leftImg8bit/train --out data/few --truth data/unlabelled":
+        Run(append=("--no-progress",)),
+    "attnseg train configs/demo_mscale.yaml --out runs/student data.root=data/few data.coarse=autolabelled "
+    "train.iters=600": Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
+    "attnseg eval configs/demo_mscale.yaml --weights runs/student data.root=data/few": Run(append=tuple(_TINY_EVAL)),
+    "attnseg quantize runs/demo --calib split:val --calib-count 16 --out model_int8.xml": Run(needs=("openvino", "nncf")),
+    "attnseg eval runs/demo/run/config.yaml --weights model_int8.xml --backend openvino eval.flip=false":
+        Run(append=tuple(_TINY_EVAL), needs=("openvino", "nncf")),
     "attnseg benchmark runs/demo --size 1024 2048 --scales 0.5,1.0,2.0":
         Run({"1024": "64", "2048": "128"}, ("--runs", "1", "--warmup", "0", "--routes", "torch-fp32,onnxruntime",
                                             "--no-memory-check")),
@@ -213,6 +231,8 @@ def _substituted(command: str) -> list[str]:
 
 @pytest.mark.parametrize("command", [c for c in readme_commands() if c in RUNS])
 def test_readme_command_runs(command, workspace, monkeypatch, capsys):
+    for package in RUNS[command].needs:
+        pytest.importorskip(package)
     monkeypatch.chdir(workspace)
     argv = _substituted(command)
     if argv[0] == "torchrun":

@@ -80,3 +80,31 @@ def test_convert_weights_help(flag, capsys):
         main(["convert-weights", flag])
     assert info.value.code == 0
     assert "--from" in capsys.readouterr().out
+
+
+def test_nvidia_mapillary_release_layout_converts_strictly_with_the_vistas_class_table(tmp_path, capsys):
+    """NVIDIA's Mapillary model (fast-rattlesnake) is the Cityscapes release's layout with 65 output classes."""
+    from parity import nvidia_filled_checkpoint
+
+    from attnseg.data.mapillary import VISTAS_CLASSES, VISTAS_PALETTE
+
+    state = {key: (torch.randn(65, *value.shape[1:]) * 0.02 if value.ndim and value.shape[0] == 19 else value)
+             for key, value in nvidia_filled_checkpoint().items()}  # fmt: skip
+    assert sum(1 for value in state.values() if value.ndim and value.shape[0] == 65) >= 4  # classifier weights+biases
+    source = tmp_path / "mapillary_ocrnet.HRNet_Mscale_fast-rattlesnake.pth"
+    torch.save({"state_dict": state, "epoch": 200}, source)
+
+    assert main(["convert-weights", str(source), str(tmp_path / "vistas")]) == 0
+    out = capsys.readouterr().out
+    assert "mscale_ocr_hrnet_w48 with 65 classes" in out and "(strict)" in out
+    sidecar = json.loads((tmp_path / "vistas.json").read_text())
+    assert sidecar["class_names"] == list(VISTAS_CLASSES[:65])
+    assert sidecar["palette"] == [list(color) for color in VISTAS_PALETTE[:65]]
+
+    # A v2.0 config names another class count: refused, nothing written.
+    labels = [{"readable": f"c{i}", "color": [i, i, i], "evaluate": True} for i in range(123)]
+    (tmp_path / "config_v2.0.json").write_text(json.dumps({"labels": labels}))
+    assert main(["convert-weights", str(source), str(tmp_path / "v2"), "--classes-from",
+                 str(tmp_path / "config_v2.0.json")]) == 2  # fmt: skip
+    assert "123 evaluated classes, but the checkpoint has 65" in capsys.readouterr().err
+    assert not list(tmp_path.glob("v2.*"))

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-classes", type=int, help="classes of the checkpoint (default: from its classifier)")
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="override input mean (0-255)")
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="override input std (0-255)")
+    parser.add_argument("--classes-from", type=Path, default=None, metavar="VISTAS_CONFIG",
+                        help="class names and colours from a Mapillary Vistas config (config.json, config_v2.0.json); "
+                             "default: Cityscapes for 19 classes, Vistas v1.2 for 65")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -92,14 +95,35 @@ def infer_num_classes(converted: dict[str, torch.Tensor]) -> int:
     raise WeightsError("no classifier found in the checkpoint; pass --num-classes")
 
 
-def class_metadata(num_classes: int) -> tuple[list[str], np.ndarray]:
-    """Cityscapes names and colours for 19 classes; numbered names and a fixed random palette otherwise."""
-    if num_classes == 19:
-        from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+def class_metadata(num_classes: int, classes_from: Path | None = None) -> tuple[list[str], np.ndarray]:
+    """Names and colours of a converted checkpoint's classes: from a Vistas config when given, else Cityscapes' for
+    19 classes (the Cityscapes releases), Vistas v1.2's for 65 (NVIDIA's Mapillary release), else numbered greys.
 
+    Raises:
+        WeightsError: the config defines another number of evaluated classes than the checkpoint has.
+    """
+    from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, fallback_class_table
+    from attnseg.data.mapillary import VISTAS_V12, VistasLabelSet, read_label_set
+
+    label_set: VistasLabelSet | None = None
+    if classes_from is not None:
+        version = "v2.0" if "v2.0" in classes_from.name else "v1.2"
+        if not classes_from.is_file():
+            raise WeightsError(f"--classes-from {classes_from}: no such file")
+        folder_config = classes_from.parent / ("config_v2.0.json" if version == "v2.0" else "config.json")
+        if classes_from.resolve() != folder_config.resolve():
+            raise WeightsError(f"--classes-from {classes_from}: name it config.json (v1.2) or config_v2.0.json")
+        label_set = read_label_set(classes_from.parent, version)
+    elif num_classes == VISTAS_V12.num_classes:
+        label_set = VISTAS_V12
+    if label_set is not None:
+        if label_set.num_classes != num_classes:
+            raise WeightsError(f"--classes-from {classes_from}: {label_set.num_classes} evaluated classes, but the "
+                               f"checkpoint has {num_classes}")  # fmt: skip
+        return list(label_set.class_names), label_set.palette
+    if num_classes == len(CITYSCAPES_CLASSES):
         return list(CITYSCAPES_CLASSES), np.asarray(CITYSCAPES_PALETTE)
-    colors = np.random.default_rng(0).integers(0, 256, (num_classes, 3))
-    return [f"class_{i}" for i in range(num_classes)], colors
+    return fallback_class_table(num_classes)
 
 
 def _sha256(path: Path) -> str:
@@ -143,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     reference = "" if record is None else record.reference
     mean = list(args.mean) if args.mean else list(default_mean)
     std = list(args.std) if args.std else list(default_std)
-    class_names, palette = class_metadata(num_classes)
+    class_names, palette = class_metadata(num_classes, args.classes_from)
     extra = {
         "converted_from": args.src.name,
         "source_sha256": _sha256(args.src),

@@ -127,7 +127,8 @@ def build_dataset(data_cfg: DataConfig, split: str, num_classes: int | None = No
     if kind == "mapillary":
         from attnseg.data.mapillary import MapillaryDataset
 
-        return MapillaryDataset(data_cfg.root, split, classes=data_cfg.mapillary_classes)
+        return MapillaryDataset(data_cfg.root, split, classes=data_cfg.mapillary_classes,
+                                version=data_cfg.mapillary_version)
     if kind == "folder":
         options = {} if num_classes is None else {"num_classes": num_classes}
         return folder_dataset(data_cfg.root, split, ignore_index=data_cfg.ignore_index, **options)
@@ -238,9 +239,9 @@ def dataset_class_count(data_cfg: DataConfig, dataset: Dataset | None = None) ->
 
     classes = getattr(data_cfg, "mapillary_classes", "cityscapes")
     if data_cfg.dataset == "mapillary" and classes != "cityscapes":
-        from attnseg.data.mapillary import VISTAS_NUM_CLASSES
+        from attnseg.data.mapillary import read_label_set
 
-        return VISTAS_NUM_CLASSES
+        return read_label_set(data_cfg.root, data_cfg.mapillary_version).num_classes
     return len(CITYSCAPES_CLASSES)
 
 
@@ -260,3 +261,22 @@ def build_eval_split(data_cfg: DataConfig, split: str, flag: str, num_classes: i
     if known is not None and split not in known:
         raise ConfigError(f"{flag} {split!r}: {data_cfg.dataset} has the splits {', '.join(known)}")
     return build_eval_dataset(data_cfg, split, num_classes)
+
+
+def dataset_class_table(data_cfg: DataConfig, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """Class names and colours a run on this dataset records: the dataset's own table when it has one of
+    `num_classes` classes (Cityscapes; Mapillary Vistas from its config file), else `fallback_class_table`."""
+    from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, fallback_class_table
+
+    names: Sequence[str] | None = None
+    palette = None
+    if data_cfg.dataset == "mapillary" and data_cfg.mapillary_classes == "vistas":
+        from attnseg.data.mapillary import read_label_set
+
+        label_set = read_label_set(data_cfg.root, data_cfg.mapillary_version)
+        names, palette = label_set.class_names, label_set.palette
+    elif data_cfg.dataset in ("cityscapes", "mapillary"):
+        names, palette = CITYSCAPES_CLASSES, np.asarray(CITYSCAPES_PALETTE, dtype=np.uint8)
+    if names is None or len(names) != num_classes:
+        return fallback_class_table(num_classes)
+    return list(names), np.asarray(palette, dtype=np.uint8)

@@ -110,7 +110,7 @@ def build_training(
         trainer_options: keyword arguments of `trainer_class` that replace or add to the config's.
         checkpoint_extra: extra entries of every checkpoint sidecar's ``extra`` (after ``run``).
     """
-    from attnseg.data.labels import fallback_class_table
+    from attnseg.config.build import dataset_class_table
 
     context = context or single_process_context()
     train_cfg, data_cfg, model_cfg = experiment.train, experiment.data, experiment.model
@@ -130,7 +130,7 @@ def build_training(
     criterion = build_criterion_from_config(train_cfg, model_cfg.num_classes, data_cfg.ignore_index).to(context.device)
     data = build_train_data(data_cfg, train_cfg, num_classes=model_cfg.num_classes, rank=context.rank,
                             world_size=context.world_size, progress=progress)  # fmt: skip
-    class_names, palette = fallback_class_table(model_cfg.num_classes)
+    class_names, palette = dataset_class_table(data_cfg, model_cfg.num_classes)
     options = dict(
         max_iters=train_cfg.iters, run_dir=run_dir, device=context.device, precision=train_cfg.precision,
         poly_power=train_cfg.poly_power, end_lr=train_cfg.end_lr, warmup_iters=train_cfg.warmup_iters,
