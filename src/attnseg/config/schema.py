@@ -77,6 +77,11 @@ class DataConfig:
     mapillary_version: Literal["v1.2", "v2.0"] = "v1.2"
     train_split: str = "train"
     val_split: str = "val"
+    # Cityscapes only: NVIDIA's cross-validation split (--cv): 0 = the official cities; 1 and 2 move three train
+    # cities to val and the val cities to train (see attnseg.data.cityscapes.split_cities).
+    cv_split: Literal[0, 1, 2] = 0
+    # Cityscapes only: train on train + val (PaddleSeg Cityscapes add_val), for test-server submissions.
+    add_val: bool = False
     # Extra coarse data mixed into training: none, Cityscapes gtCoarse, or the autolabelled refinement_final set.
     coarse: Literal["none", "coarse", "autolabelled"] = "none"
     # "equal": every epoch all fine images plus `coarse_multiple` times as many coarse ones drawn anew (PaddleSeg
@@ -132,6 +137,7 @@ class DataConfig:
                self.mapillary_classes, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
         _check(self.mapillary_version == "v1.2" or self.dataset == "mapillary", "mapillary_version",
                self.mapillary_version, f"applies to data.dataset 'mapillary' only, not {self.dataset!r}")  # fmt: skip
+        self._check_split_options()
         _check_size("crop_size", self.crop_size)
         _check_counts(self, {"num_workers": 0, "pre_size": 0, "class_uniform_tile": 1})
         _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,
@@ -151,6 +157,22 @@ class DataConfig:
         if self.coarse_mix == "boost" and self.coarse != "none" and self.class_uniform_fraction <= 0:
             raise ValueError("coarse_mix 'boost' adds coarse images only through class-uniform crops; "
                              "set class_uniform_fraction > 0")
+
+    def _check_split_options(self) -> None:
+        # bool is an int: YAML `cv_split: true` would otherwise pass the Literal check as 1.
+        _check(type(self.cv_split) is int and self.cv_split in (0, 1, 2), "cv_split", self.cv_split,
+               "must be 0, 1 or 2 (NVIDIA --cv)")  # fmt: skip
+        _check(isinstance(self.add_val, bool), "add_val", self.add_val, "must be true or false")
+        for name, default in (("cv_split", 0), ("add_val", False)):
+            _check(getattr(self, name) == default or self.dataset == "cityscapes", name, getattr(self, name),
+                   f"applies to data.dataset 'cityscapes' only, not {self.dataset!r}")  # fmt: skip
+        _check(not (self.add_val and self.cv_split != 0), "add_val", self.add_val,
+               f"trains on the official val cities too; it needs cv_split 0, not {self.cv_split}")
+        _check(self.cv_split == 0 or (self.train_split, self.val_split) == ("train", "val"), "cv_split",
+               self.cv_split, f"re-splits train and val; needs train_split 'train' and val_split 'val', not "
+               f"{self.train_split!r} / {self.val_split!r}")  # fmt: skip
+        _check(not self.add_val or self.train_split == "train", "add_val", self.add_val,
+               f"adds val to train_split 'train', not {self.train_split!r}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@
 
 The ``test`` split has no public labels: its items carry ``label = None``.
 
+Data options of the fine splits: ``cv_split`` (NVIDIA ``--cv``, `split_cities`) moves whole cities between train
+and val; ``add_val`` (PaddleSeg ``add_val``) appends the val images to the train split.
+
 Autolabelled options (NVIDIA ``scripts/train_cityscapes_sota.yml``; applied per sample at load time as the reference
 loader does, so they are hyper-parameters, not part of the prepared files):
 
@@ -133,10 +136,79 @@ def _autolabel_dirs(root: Path) -> tuple[Path, Path | None]:
     return converted, raw if raw.is_dir() else None
 
 
-def check_layout(root: str | Path, split: str = "train", mode: str = "fine") -> list[Sample]:
+CV_SPLITS = 3  # NVIDIA config.py DATASET.CV_SPLITS
+
+
+def split_cities(train_cities: Sequence[str], val_cities: Sequence[str], split: str,
+                 cv_split: int = 0) -> list[tuple[str, str]]:
+    """The (folder, city) pairs that make up `split` ("train" or "val") under NVIDIA's cross-validation split.
+
+    As NVIDIA ``cities_cv_split``: the val cities, then the train cities in sorted order, form one list; split
+    `cv_split` (0..2) takes as validation the run of ``len(val_cities)`` cities starting at
+    ``cv_split * len(all) // 3`` and trains on all the others, so a city is never in both. cv 0 is the official
+    split; on the 18 + 3 official cities cv 1 validates on darmstadt, dusseldorf, erfurt and cv 2 on
+    monchengladbach, strasbourg, stuttgart (the official val cities then train).
+
+    Args:
+        train_cities: the city folders of ``leftImg8bit/train``.
+        val_cities: the city folders of ``leftImg8bit/val``.
+        split: "train" or "val".
+        cv_split: 0, 1 or 2.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"cv_split splits 'train' and 'val', not {split!r}")
+    if cv_split not in range(CV_SPLITS):
+        raise ValueError(f"cv_split must be 0, 1 or 2, got {cv_split!r}")
+    everything = [("val", city) for city in sorted(val_cities)] + [("train", city) for city in sorted(train_cities)]
+    start = cv_split * len(everything) // CV_SPLITS
+    stop = start + len(val_cities)
+    chosen = range(start, stop) if split == "val" else [k for k in range(len(everything)) if not start <= k < stop]
+    return [everything[k] for k in chosen]
+
+
+def _city_folders(root: Path, split: str) -> list[str]:
+    folder = require_dir(_image_root(root, split), "Cityscapes images")
+    return sorted(path.name for path in folder.iterdir() if path.is_dir())
+
+
+def _split_images(root: Path, split: str, cv_split: int, add_val: bool) -> list[tuple[str, Path]]:
+    """(folder split, image) pairs of `split` under the data options, in NVIDIA's / PaddleSeg's list order."""
+    if cv_split == 0 or split not in ("train", "val"):
+        image_root = require_dir(_image_root(root, split), "Cityscapes images")
+        images = sorted(image_root.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise DatasetError(f"{image_root}: no <city>/*_leftImg8bit.png images found")
+        pairs = [(split, image) for image in images]
+        # PaddleSeg add_val: the val split's images (sorted) appended to the train split's.
+        return pairs + (_split_images(root, "val", 0, False) if add_val else [])
+    cities = split_cities(_city_folders(root, "train"), _city_folders(root, "val"), split, cv_split)
+    pairs = []
+    for folder, city in cities:
+        images = sorted((root / "leftImg8bit" / folder / city).glob("*_leftImg8bit.png"))
+        if not images:
+            raise DatasetError(f"{root / 'leftImg8bit' / folder / city}: no *_leftImg8bit.png images found")
+        pairs.extend((folder, image) for image in images)
+    return pairs
+
+
+def _check_data_options(split: str, mode: str, cv_split: int, add_val: bool) -> None:
+    if (cv_split != 0 or add_val) and mode != "fine":
+        raise ValueError(f"cv_split / add_val apply to mode 'fine' only, not {mode!r}")
+    if cv_split not in range(CV_SPLITS) or isinstance(cv_split, bool):
+        raise ValueError(f"cv_split must be 0, 1 or 2, got {cv_split!r}")
+    if add_val and split != "train":
+        raise ValueError(f"add_val adds the val images to split 'train' only, not {split!r}")
+    if add_val and cv_split != 0:
+        raise ValueError(f"add_val trains on the official val cities too; cv_split={cv_split} would validate on "
+                         "training cities (use cv_split 0)")
+
+
+def check_layout(root: str | Path, split: str = "train", mode: str = "fine", *, cv_split: int = 0,
+                 add_val: bool = False) -> list[Sample]:
     """List the (image, label) pairs of one split, or raise one `DatasetError` naming the missing folder or file.
 
     This only looks at names (no decoding); `CityscapesDataset.validate` then checks sizes and values.
+    `cv_split` and `add_val` (mode "fine" only) are the data options of `CityscapesDataset`.
     """
     root = Path(root)
     if mode not in MODES:
@@ -146,28 +218,28 @@ def check_layout(root: str | Path, split: str = "train", mode: str = "fine") -> 
     valid_splits = ("train_extra",) if mode == "autolabelled" else ("train", "val", "test", "train_extra")
     if split not in valid_splits or (mode == "fine" and split == "train_extra"):
         raise ValueError(f"split {split!r} does not exist for mode {mode!r}")
+    _check_data_options(split, mode, cv_split, add_val)
     require_dir(root, "the Cityscapes root")
-    image_root = require_dir(_image_root(root, split), "Cityscapes images")
-    images = sorted(image_root.glob("*/*_leftImg8bit.png"))
-    if not images:
-        raise DatasetError(f"{image_root}: no <city>/*_leftImg8bit.png images found")
-    samples = []
+    images = _split_images(root, split, cv_split, add_val)
     if split == "test":
-        return [Sample(path, None, "none", path.name[: -len("_leftImg8bit.png")]) for path in images]
+        return [Sample(path, None, "none", path.name[: -len("_leftImg8bit.png")]) for _, path in images]
     if mode == "autolabelled":
         converted, raw = _autolabel_dirs(root)
         if not converted.is_dir() and raw is None:
             raise DatasetError(f"{converted}: folder not found (run `attnseg prepare autolabelled {root}`)")
-    else:
-        quality = "gtFine" if mode == "fine" else "gtCoarse"
-        label_root = require_dir(root / quality / split, f"{quality} labels for split {split!r}")
-    for image in images:
+    quality = "gtFine" if mode == "fine" else "gtCoarse"
+    label_roots: dict[str, Path] = {}
+    samples = []
+    for folder, image in images:
         city, stem = image.parent.name, image.name[: -len("_leftImg8bit.png")]
         if mode == "autolabelled":
             candidates = [(converted / city / image.name, "trainIds")]
             if raw is not None:
                 candidates.append((raw / city / image.name, "labelIds"))
         else:
+            if folder not in label_roots:
+                label_roots[folder] = require_dir(root / quality / folder, f"{quality} labels for split {folder!r}")
+            label_root = label_roots[folder]
             candidates = [(label_root / city / f"{stem}_{quality}_labelTrainIds.png", "trainIds"),
                           (label_root / city / f"{stem}_{quality}_labelIds.png", "labelIds")]  # fmt: skip
         found = next(((path, encoding) for path, encoding in candidates if path.is_file()), None)
@@ -190,6 +262,10 @@ class CityscapesDataset(SegmentationFiles):
         autolabel_gtcoarse_classes: autolabelled only: trainIds taken as the union of the autolabel and gtCoarse
             (``gtCoarse/train_extra/<city>/<frame>_gtCoarse_label{TrainIds,Ids}.png``).
         autolabel_mask_border: autolabelled only: ignore the ego-car border (`ego_border_region`).
+        cv_split: fine only: NVIDIA's cross-validation split (``--cv``) 0, 1 or 2 choosing which cities form
+            "train" and "val" (`split_cities`); 0 is the official split. "test" is not affected.
+        add_val: fine, split "train" only: train on the val images too (PaddleSeg Cityscapes ``add_val``; the val
+            list, sorted, follows the train list).
 
     Raises:
         DatasetError: a missing folder or an image without a label file (or, with the autolabel options, without
@@ -211,9 +287,12 @@ class CityscapesDataset(SegmentationFiles):
         autolabel_min_confidence: float | None = None,
         autolabel_gtcoarse_classes: Sequence[int] = (),
         autolabel_mask_border: bool = False,
+        cv_split: int = 0,
+        add_val: bool = False,
     ):
-        super().__init__(check_layout(root, split, mode), transform)
+        super().__init__(check_layout(root, split, mode, cv_split=cv_split, add_val=add_val), transform)
         self.root, self.split, self.mode = Path(root), split, mode
+        self.cv_split, self.add_val = cv_split, bool(add_val)
         self.lookup_tables = {"labelIds": id_to_train_id, "trainIds": None, "none": None}
         autolabelled = mode == "autolabelled"
         self.allowed_values = {"labelIds": AUTOLABEL_ID_VALUES if autolabelled else VALID_LABEL_IDS,
