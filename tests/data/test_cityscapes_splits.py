@@ -152,3 +152,15 @@ def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(None, overrides)
     assert load_config(None, ["data.cv_split=2", "data.add_val=false"]).data.cv_split == 2
+
+
+@pytest.mark.parametrize("options, split, expected", [
+    ({"cv_split": 1}, "val", CV_VAL[1]),
+    ({"add_val": True}, "train", [("train", c) for c in TRAIN_CITIES] + [("val", c) for c in VAL_CITIES]),
+    ({"add_val": True}, "val", [("val", c) for c in VAL_CITIES]),
+])  # fmt: skip
+def test_the_config_options_reach_the_dataset_the_builders_make(root, options, split, expected):
+    from attnseg.config.build import build_dataset
+
+    dataset = build_dataset(DataConfig(root=str(root), **options), split)
+    assert _cities(dataset) == expected

@@ -123,7 +123,9 @@ def build_dataset(data_cfg: DataConfig, split: str, num_classes: int | None = No
     if kind == "cityscapes":
         from attnseg.data.cityscapes import CityscapesDataset
 
-        return CityscapesDataset(data_cfg.root, split)
+        # NVIDIA's cross-validation folds move cities between train and val; PaddleSeg's add_val trains on both.
+        return CityscapesDataset(data_cfg.root, split, cv_split=data_cfg.cv_split,
+                                 add_val=data_cfg.add_val and split == data_cfg.train_split)
     if kind == "mapillary":
         from attnseg.data.mapillary import MapillaryDataset
 
