@@ -15,6 +15,7 @@ CLASSES = [("Road", [128, 64, 128], True), ("Car", [0, 0, 142], True), ("Sky", [
 def _vistas_v20(root):
     labels = [{"readable": name, "name": name.lower(), "color": color, "evaluate": scored}
               for name, color, scored in CLASSES]
+    root.mkdir(parents=True, exist_ok=True)
     (root / "config_v2.0.json").write_text(json.dumps({"labels": labels}))
     rng = np.random.default_rng(0)
     for split in ("training", "validation"):
