@@ -83,8 +83,10 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 def _recipe_defaults(args: argparse.Namespace) -> None:
     """The run's eval recipe (scales, fusion, flip) for the options not given; flip on otherwise."""
-    run_config = Path(args.weights) / "config.yaml"
-    if run_config.is_file():
+    from attnseg.inference.predictor import run_config_path
+
+    run_config = run_config_path(args.weights)
+    if run_config is not None:
         from attnseg.config import load_config
 
         eval_cfg = load_config(run_config, []).eval

@@ -81,10 +81,12 @@ def _config_for(args: argparse.Namespace):
     """The experiment config for `split:` sources and the report: --config, else the run directory's."""
     from attnseg.config import load_config
 
+    from attnseg.inference.predictor import run_config_path
+
     if args.config is not None:
         return load_config(args.config, [])
-    run_config = Path(args.weights) / "config.yaml"
-    return load_config(run_config, []) if run_config.is_file() else None
+    run_config = run_config_path(args.weights) if Path(args.weights).suffix != ".xml" else None
+    return load_config(run_config, []) if run_config is not None else None
 
 
 def _split_dataset(config, split: str, flag: str):

@@ -140,6 +140,19 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     return path
 
 
+def run_config_path(path: str | os.PathLike) -> Path | None:
+    """The ``config.yaml`` of the training run `path` names (a run directory, an `attnseg demo` folder, or a
+    checkpoint inside ``<run>/checkpoints/``), or None when `path` is not part of a run."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            path = resolve_weights(path)
+        except WeightsError:
+            return None
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    return run / "config.yaml" if run is not None and (run / "config.yaml").is_file() else None
+
+
 class Predictor:
     """Segment single images with a trained model.
 
