@@ -29,11 +29,15 @@ def test_contention_idle_and_busy_rows(tmp_path):
                       "eval:\n  precision: fp32\n")  # fmt: skip
     table = tmp_path / "table.txt"
     out = run_script("contention", "--config", str(config), "--ways", "planned", "--steps", "1", "--passes", "1",
-                     "--height", "64", "--width", "128", "--out", str(table), cwd=tmp_path)
+                     "--height", "64", "--width", "128", "--out", str(table), "--together", "--together-steps", "4",
+                     "--watch-interval", "0", cwd=tmp_path)
     assert header_after(out, "way") == ["way", "load", "threads", "step", "s", "eval", "s", "what", "it", "saw"]
     rows = [line.split() for line in out.splitlines() if line.startswith("planned ")]
     assert [row[1] for row in rows] == ["idle", "busy"] and all(float(row[3]) > 0 for row in rows)
     assert "planned: beside one busy process the step takes" in out and table.read_text() == out
+    together = [line.split() for line in out.splitlines() if line.split()[:1] in (["fixed"], ["watched"])]
+    assert [(row[0], row[1]) for row in together] == [("fixed", "0"), ("fixed", "1"), ("watched", "0"), ("watched", "1")]
+    assert all(1 <= int(row[2]) <= 2 and float(row[3]) > 0 for row in together)
 
 
 def test_eval_stage_table(tmp_path):

@@ -117,3 +117,16 @@ def test_trainer_owns_channels_last(tmp_path):
         for weight in weights:
             assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert setup.trainer.optimizer.param_groups[0]["params"][0] is next(setup.model.parameters())
+
+
+def test_a_single_cpu_training_gets_a_thread_watch_unless_threads_are_fixed(tmp_path, monkeypatch):
+    from attnseg.config.training import build_training
+    from attnseg.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "data", num_train=2, num_val=1, height=32, width=64)
+    config = load_config(CONFIG, [f"data.root={root}", "model.kwargs={mask_size: [7, 7]}", "train.iters=1",
+                                  "data.crop_size=[32,32]", "data.num_workers=0", "train.precision=fp32"])  # fmt: skip
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert build_training(config, tmp_path / "run_a", progress=False).trainer.thread_watch is not None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert build_training(config, tmp_path / "run_b", progress=False).trainer.thread_watch is None

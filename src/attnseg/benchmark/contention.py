@@ -7,12 +7,18 @@ Each measurement runs in a fresh spawned child process (OpenMP reads its setting
 - ``planned``: what attnseg does now: the thread count from the cores other processes leave free
   (`attnseg.hardware.plan_threads`, measured in the child just before it starts).
 
+With ``--together``, it also starts two copies of the demo's training at the same moment (each sees an idle machine at
+start and plans every core): ``fixed`` keeps that plan, ``watched`` re-plans while it trains
+(`attnseg.engine.thread_watch.ThreadWatch`, as `attnseg train` and the demo do); it prints each job's median step over
+its second half and the ratio to the idle step.
+
 The busy process is a ``while True`` Python loop started before the "busy" rows and killed after them (and on any
 error). Prints one table of medians and the busy/idle ratio per way; the target is a ratio <= 2.5 for ``planned``.
 Run it on an otherwise idle machine: other work would count as "idle" load.
 
     python -m attnseg.benchmark.contention                      # the demo's recipe, 8 steps + 5 passes per row
     python -m attnseg.benchmark.contention --steps 3 --passes 2  # a quick check that it works
+    python -m attnseg.benchmark.contention --together --together-steps 60   # two demos started at once
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m attnseg.benchmark.contention   # emulated AVX2
 """
 
@@ -79,6 +85,77 @@ def eval_passes(model, height: int, width: int, precision: str, count: int) -> l
     return times[1:]
 
 
+def together_worker(watched: bool, config: str, threads: int, steps: int, interval: float) -> dict:
+    """Runs in each of two children started together: `steps` training steps of the demo's recipe (random batch),
+    re-planning threads after each step when `watched`; returns step times and the thread count of each step."""
+    import torch
+
+    from attnseg.config import load_config
+    from attnseg.config.build import build_model
+    from attnseg.config.training import build_criterion_from_config, build_optimizer
+    from attnseg.engine.thread_watch import ThreadWatch
+    from attnseg.engine.trainer import autocast_context
+    from attnseg.hardware import plan_threads, resolve_experiment_precision
+
+    torch.set_num_threads(plan_threads(threads).threads)
+    watch = ThreadWatch(threads, interval=interval) if watched else None
+    experiment = resolve_experiment_precision(load_config(config), "cpu", log=lambda line: None)
+    torch.manual_seed(0)
+    model = build_model(experiment.model).to(memory_format=torch.channels_last).train()
+    criterion = build_criterion_from_config(experiment.train, experiment.model.num_classes)
+    optimizer = build_optimizer(model, experiment.train)
+    batch, crop = experiment.train.batch_size, experiment.data.crop_size
+    images = torch.randn(batch, 3, *crop).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, experiment.model.num_classes, (batch, *crop))
+    times, counts = [], []
+    for _ in range(steps):
+        counts.append(torch.get_num_threads())
+        start = time.perf_counter()
+        with autocast_context(torch.device("cpu"), experiment.train.precision):
+            loss = criterion(model(images), labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        if watch is not None:
+            watch.tick()
+    return {"times": times, "threads": counts}
+
+
+def run_together(args: argparse.Namespace, watched: bool) -> list[dict]:
+    """Two `together_worker` children started at the same moment; their results."""
+    import threading
+
+    results: list[dict] = [{}, {}]
+
+    def one(index: int) -> None:
+        results[index] = run_in_child(together_worker, args.timeout, watched=watched, config=str(args.config),
+                                      threads=args.threads, steps=args.together_steps,
+                                      interval=args.watch_interval)  # fmt: skip
+
+    workers = [threading.Thread(target=one, args=(index,)) for index in range(2)]
+    for worker_thread in workers:
+        worker_thread.start()
+    for worker_thread in workers:
+        worker_thread.join()
+    for result in results:
+        if "error" in result:
+            raise RuntimeError(f"together worker failed: {result['error']}")
+    return results
+
+
+def together_table(idle_step: float, runs: dict[str, list[dict]]) -> str:
+    """Each job's median step over its second half against the idle step of one job alone."""
+    lines = ["", f"two jobs started together (idle step of one job alone: {idle_step:.3f} s)",
+             f"{'way':<9}{'job':>4}{'threads at end':>16}{'step s (2nd half)':>19}{'/ idle':>8}", "-" * 56]
+    for way, jobs in runs.items():
+        for index, job in enumerate(jobs):
+            half = job["times"][len(job["times"]) // 2:]
+            step = statistics.median(half)
+            lines.append(f"{way:<9}{index:>4}{job['threads'][-1]:>16}{step:>19.3f}{step / idle_step:>7.2f}x")
+    return "\n".join(lines)
+
+
 def run_child(args: argparse.Namespace, way: str) -> dict:
     """`worker` in a fresh process (it inherits this environment, from which main removed OMP_WAIT_POLICY)."""
     result = run_in_child(worker, args.timeout, way=way, config=str(args.config), threads=args.threads,
@@ -121,6 +198,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma list of {', '.join(WAYS)}")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--together", action="store_true", help="also run two jobs started at the same moment")
+    parser.add_argument("--together-steps", type=int, default=60, help="training steps of each job (--together)")
+    parser.add_argument("--watch-interval", type=float, default=5.0, help="seconds between thread re-plans")
     args = parser.parse_args()
     os.environ.pop("OMP_WAIT_POLICY", None)  # both ways: OpenMP's default wait policy (passive measured slower)
     ways = [way for way in args.ways.split(",") if way in WAYS]
@@ -138,6 +218,10 @@ def main() -> int:
         busy.kill()
         busy.wait()
     report = table({key: results[key] for key in sorted(results, key=lambda k: (ways.index(k[0]), k[1] != "idle"))})
+    if args.together:
+        idle = results.get(("planned", "idle")) or run_child(args, "planned")
+        runs = {way: run_together(args, watched=way == "watched") for way in ("fixed", "watched")}
+        report += "\n" + together_table(idle["step"], runs)
     print(report)
     if args.out is not None:
         args.out.write_text(report + "\n")

@@ -22,6 +22,7 @@ from attnseg.config.train_data import TrainData, build_train_data
 from attnseg.engine import distributed
 from attnseg.engine.distributed import DistributedContext
 from attnseg.engine.optim import build_adamw, build_sgd, parameter_groups
+from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.engine.trainer import Trainer, to_channels_last, unwrap
 
 
@@ -141,6 +142,8 @@ def build_training(
         palette=palette, channels_last=channels_last,
     )  # fmt: skip
     options.update(trainer_options or {})
+    if "thread_watch" not in options and not context.is_distributed:
+        options["thread_watch"] = ThreadWatch.when_useful(context.device)
     trainer = trainer_class(model, criterion, optimizer, data.loader, data.sampler, **options)
     return TrainingSetup(trainer=trainer, data=data, class_names=class_names, palette=palette)
 

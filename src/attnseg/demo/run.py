@@ -29,6 +29,7 @@ from attnseg.demo.deadline import DeadlineTrainer
 from attnseg.demo.measure import measure_inference_pass, model_fuses_scales, recipe_measurer
 from attnseg.demo.page import comparison_table, write_index_html
 from attnseg.demo.pictures import PictureWriter
+from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.errors import ConfigError
 from attnseg.fileio import atomic_write_text
 
@@ -150,7 +151,7 @@ def run_demo(
     t0 = time.perf_counter()
     train_channels_last = channels_last and experiment.train.channels_last
     model, single_metrics, summary = _train(experiment, run_dir, deadline, num_val, image_size, train_channels_last,
-                                            progress, log, saved)  # fmt: skip
+                                            progress, log, saved, threads=threads)  # fmt: skip
     timings["train"] = time.perf_counter() - t0
     log(f"[demo] trained {summary['iteration']} iterations in {timings['train']:.0f} s"
         + (f" (stopped early for the {minutes:g}-minute budget; {summary['planned_iters']} planned)"
@@ -166,6 +167,7 @@ def run_demo(
         "planned_iterations": summary["planned_iters"], "stopped_by_deadline": summary["stopped_by_deadline"],
         "minutes_budget": minutes, "seconds": {key: round(value, 2) for key, value in timings.items()},
         **_machine_record(thread_plan.reason, experiment.train.precision, trial),
+        "thread_changes": summary["thread_changes"],
         "run_dir": str(run_dir), "data_root": str(data_root), "results": results,
     }  # fmt: skip
     metrics_path, index = _write_outputs(out_dir, record, pictures, run_dir, log)
@@ -267,10 +269,13 @@ def _load_average() -> list[float] | None:
 
 def _train(experiment: ExperimentConfig, run_dir: Path, deadline: float, num_val: int, image_size: tuple[int, int],
            channels_last: bool, progress: bool, log: Callable[[str], None],
-           saved: ExperimentConfig | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:  # fmt: skip
+           saved: ExperimentConfig | None = None, threads: int | None = None,
+           ) -> tuple[nn.Module, Any, dict[str, Any]]:  # fmt: skip
     """Single-process training through `attnseg train`'s build path, with a deadline; returns (model, single-scale
     metrics, summary). The trainer's final evaluation is the single-scale one, which also selects the "best" weights.
-    `saved` is the config written to the run folder (default `experiment`; the demo keeps precision "auto")."""
+    `saved` is the config written to the run folder (default `experiment`; the demo keeps precision "auto").
+    `threads`: the most threads training re-plans to as other processes come and go (`attnseg.engine.thread_watch`;
+    None: torch's default count)."""
     from attnseg.config import save_config
     from attnseg.config.training import build_training
 
@@ -279,11 +284,12 @@ def _train(experiment: ExperimentConfig, run_dir: Path, deadline: float, num_val
     save_config(saved if saved is not None else experiment, run_dir / "config.yaml")
     evaluate, captured = _single_scale_evaluator(experiment, progress)
     reserve = _ReserveTracker(image_size, num_val, eval_cfg.precision)
+    watch = ThreadWatch.when_useful(torch.device("cpu"), wanted=threads, log=lambda line: log(f"[demo] {line}"))
     setup = build_training(
         experiment, run_dir, evaluate_fn=evaluate, progress=progress, channels_last=channels_last,
         trainer_class=DeadlineTrainer, checkpoint_extra={"demo": True},
         trainer_options=dict(eval_interval=0, save_interval=0, tensorboard=False, deadline=deadline,
-                             reserve=reserve, replan_every=10),
+                             reserve=reserve, replan_every=10, thread_watch=watch),
     )  # fmt: skip
     trainer = setup.trainer
     first = reserve.start(setup.model, eval_cfg.scales, eval_cfg.flip)
@@ -291,7 +297,8 @@ def _train(experiment: ExperimentConfig, run_dir: Path, deadline: float, num_val
         f"{first:.0f} s for evaluation and pictures; training may run "
         f"{max(deadline - first - time.perf_counter(), 0):.0f} s")  # fmt: skip
     result = trainer.train()
-    summary = {**result, "planned_iters": trainer.planned_iters, "stopped_by_deadline": trainer.stopped_by_deadline}
+    summary = {**result, "planned_iters": trainer.planned_iters, "stopped_by_deadline": trainer.stopped_by_deadline,
+               "thread_changes": [line for _, line in watch.changes] if watch is not None else []}
     single_result = (captured["metrics"], captured["seconds"]) if "metrics" in captured else None
     return setup.evaluated_model, single_result, summary
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,11 +44,16 @@ from attnseg.engine.checkpoint import (
 )
 from attnseg.engine.ema import ModelEma
 from attnseg.engine.optim import poly_lr
+from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.errors import AttnsegError
 from attnseg.fileio import atomic_write_text, remove_stale_temporaries
 from attnseg.models import unwrap_model as unwrap
 
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class TrainingDiverged(AttnsegError):
@@ -98,6 +104,8 @@ class Trainer:
         palette: (K, 3) uint8 colours for TensorBoard overlays.
         channels_last: train in channels-last memory format (`to_channels_last`, applied before the EMA copy is
             made; a no-op for a model already converted). Checkpoints are saved contiguous either way.
+        thread_watch: re-plans torch's threads after steps as other processes' load changes
+            (`attnseg.engine.thread_watch`); None keeps the count.
     """
 
     def __init__(
@@ -127,6 +135,7 @@ class Trainer:
         tensorboard: bool = True,
         palette: Any = None,
         channels_last: bool = False,
+        thread_watch: ThreadWatch | None = None,
     ):
         if channels_last:
             to_channels_last(model)
@@ -169,6 +178,7 @@ class Trainer:
         self._interval_start = time.perf_counter()
         self._data_time = 0.0
         self._writer = self._open_tensorboard() if tensorboard and self.is_main else None
+        self.thread_watch = thread_watch
 
     # ------------------------------------------------------------------------------------------------------------
     # The loop
@@ -203,6 +213,8 @@ class Trainer:
                         break
                     fetch_start = time.perf_counter()
         finally:
+            if self.thread_watch is not None:
+                self.thread_watch.restore()
             if bar is not None:
                 bar.close()
             if self._writer is not None:
@@ -253,6 +265,10 @@ class Trainer:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", epoch=self.epoch, refresh=False)
+        if self.thread_watch is not None:
+            if self.thread_watch.log is None:
+                self.thread_watch.log = bar.write if bar is not None else _print_to_stderr
+            self.thread_watch.tick()
         if self.evaluate_fn is not None and ((self.eval_interval and self.iteration % self.eval_interval == 0) or last):
             self.evaluate(batch)
         if (self.save_interval and self.iteration % self.save_interval == 0) or last:
