@@ -23,9 +23,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from attnseg.cpu_load import busy_cores, measure_busy_cores, parse_proc_stat
 
 # Speed of bf16 relative to fp32 (matmul) at and above which a listed bf16 flag counts as real. Native bf16 measured
 # 1.5-40x fp32 (AVX-512 bf16 ~2x, AMX more; less when the machine is busy), emulated 0.01-0.2x.
@@ -358,49 +360,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def parse_proc_stat(text: str) -> dict[int, tuple[int, int]]:
-    """Per-CPU (busy, total) jiffies from a ``/proc/stat`` text (idle and iowait count as not busy)."""
-    counts: dict[int, tuple[int, int]] = {}
-    for line in text.splitlines():
-        name, *values = line.split()
-        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
-            continue
-        numbers = [int(value) for value in values[:8]]
-        idle = numbers[3] + (numbers[4] if len(numbers) > 4 else 0)
-        counts[int(name[3:])] = (sum(numbers) - idle, sum(numbers))
-    return counts
-
-
-def busy_cores(before: Mapping[int, tuple[int, int]], after: Mapping[int, tuple[int, int]],
-               cpus: set[int] | None = None) -> float:  # fmt: skip
-    """Cores' worth of busy time between two `parse_proc_stat` readings, over `cpus` (default: all)."""
-    total = 0.0
-    for cpu, (busy_after, all_after) in after.items():
-        if (cpus is not None and cpu not in cpus) or cpu not in before:
-            continue
-        busy_before, all_before = before[cpu]
-        elapsed = all_after - all_before
-        if elapsed > 0:
-            total += min(1.0, max(0.0, (busy_after - busy_before) / elapsed))
-    return total
-
-
-def measure_busy_cores(interval: float = 0.1) -> float | None:
-    """Cores of this process's affinity mask that other processes keep busy, measured over `interval` seconds
-    while this process sleeps; None where ``/proc/stat`` cannot be read."""
-    try:
-        cpus: set[int] | None = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = None
-    try:
-        before = parse_proc_stat(Path("/proc/stat").read_text())
-        time.sleep(interval)
-        after = parse_proc_stat(Path("/proc/stat").read_text())
-    except OSError:
-        return None
-    return busy_cores(before, after, cpus)
 
 
 def choose_threads(requested: int | None, available: int, busy: float | None) -> ThreadPlan:

@@ -36,7 +36,8 @@ def test_contention_idle_and_busy_rows(tmp_path):
     assert [row[1] for row in rows] == ["idle", "busy"] and all(float(row[3]) > 0 for row in rows)
     assert "planned: beside one busy process the step takes" in out and table.read_text() == out
     together = [line.split() for line in out.splitlines() if line.split()[:1] in (["fixed"], ["watched"])]
-    assert [(row[0], row[1]) for row in together] == [("fixed", "0"), ("fixed", "1"), ("watched", "0"), ("watched", "1")]
+    assert [(row[0], row[1]) for row in together] == [("fixed", "0"), ("fixed", "1"),
+                                                      ("watched", "0"), ("watched", "1")]  # fmt: skip
     assert all(1 <= int(row[2]) <= 2 and float(row[3]) > 0 for row in together)
 
 

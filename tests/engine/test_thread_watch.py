@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from attnseg.engine.thread_watch import ThreadWatch, others_busy_cores, process_tree_ticks
+from attnseg.cpu_load import others_busy_cores, process_tree_ticks
+from attnseg.engine.thread_watch import ThreadWatch
 
 
 def _stat_text(busy_per_cpu: list[int], total_per_cpu: list[int]) -> str:

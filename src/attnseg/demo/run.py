@@ -149,9 +149,9 @@ def run_demo(
     timings["plan"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    train_channels_last = channels_last and experiment.train.channels_last
-    model, single_metrics, summary = _train(experiment, run_dir, deadline, num_val, image_size, train_channels_last,
-                                            progress, log, saved, threads=threads)  # fmt: skip
+    model, single_metrics, summary = _train(experiment, run_dir, deadline, num_val, image_size,
+                                            channels_last and experiment.train.channels_last, progress, log, saved,
+                                            threads=threads)  # fmt: skip
     timings["train"] = time.perf_counter() - t0
     log(f"[demo] trained {summary['iteration']} iterations in {timings['train']:.0f} s"
         + (f" (stopped early for the {minutes:g}-minute budget; {summary['planned_iters']} planned)"
@@ -166,8 +166,7 @@ def run_demo(
         "model": experiment.model.name, "iterations": summary["iteration"],
         "planned_iterations": summary["planned_iters"], "stopped_by_deadline": summary["stopped_by_deadline"],
         "minutes_budget": minutes, "seconds": {key: round(value, 2) for key, value in timings.items()},
-        **_machine_record(thread_plan.reason, experiment.train.precision, trial),
-        "thread_changes": summary["thread_changes"],
+        **_machine_record(thread_plan.reason, experiment.train.precision, trial, summary["thread_changes"]),
         "run_dir": str(run_dir), "data_root": str(data_root), "results": results,
     }  # fmt: skip
     metrics_path, index = _write_outputs(out_dir, record, pictures, run_dir, log)
@@ -217,9 +216,12 @@ def _write_outputs(out_dir: Path, record: Mapping[str, Any], pictures: Sequence[
     return metrics_path, index
 
 
-def _machine_record(threads_plan: str, precision: str, trial: RecipeTrial) -> dict[str, Any]:
-    """What `demo_metrics.json` says about the machine and the choices made for it."""
-    return {"threads": torch.get_num_threads(), "threads_plan": threads_plan, "load_average": _load_average(),
+def _machine_record(threads_plan: str, precision: str, trial: RecipeTrial,
+                    thread_changes: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """What `demo_metrics.json` says about the machine and the choices made for it (`thread_changes`: the lines of
+    the re-plans made while training)."""
+    return {"threads": torch.get_num_threads(), "threads_plan": threads_plan, "thread_changes": list(thread_changes),
+            "load_average": _load_average(),
             "cpu": _cpu_description(), "precision": precision,
             "recipe": {"key": trial.recipe.key, "title": trial.recipe.title, "overrides": list(trial.recipe.overrides),
                        "step_seconds": round(trial.step_seconds, 3)}}  # fmt: skip

@@ -18,48 +18,10 @@ from pathlib import Path
 
 import torch
 
-from attnseg.hardware import available_cores, choose_threads, parse_proc_stat
+from attnseg.cpu_load import others_busy_cores, parse_proc_stat, process_tree_ticks
+from attnseg.hardware import available_cores, choose_threads
 
 _PROC = Path("/proc")
-
-
-def process_tree_ticks(pid: int | None = None, proc: Path = _PROC) -> int:
-    """User + system clock ticks of process `pid` (default: this one) and of its living descendants (e.g. the
-    DataLoader's workers); processes that vanish while they are read count as 0."""
-    pending, total, seen = [pid or os.getpid()], 0, set()
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            fields = (proc / str(current) / "stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-            for task in (proc / str(current) / "task").iterdir():
-                pending.extend(int(child) for child in (task / "children").read_text().split())
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-def others_busy_cores(
-    before: dict[int, tuple[int, int]],
-    after: dict[int, tuple[int, int]],
-    own_ticks: int,
-    cpus: set[int] | None = None,
-) -> float:
-    """Cores' worth of time other processes kept busy between two `parse_proc_stat` readings, given the clock ticks
-    this process tree used in between (both counters are in the kernel's USER_HZ ticks)."""
-    busy, elapsed = 0, []
-    for cpu, (busy_after, all_after) in after.items():
-        if (cpus is not None and cpu not in cpus) or cpu not in before:
-            continue
-        busy += busy_after - before[cpu][0]
-        elapsed.append(all_after - before[cpu][1])
-    if not elapsed or max(elapsed) <= 0:
-        return 0.0
-    per_cpu = sum(elapsed) / len(elapsed)
-    return max(0.0, min(float(len(elapsed)), (busy - own_ticks) / per_cpu))
 
 
 class ThreadWatch:
