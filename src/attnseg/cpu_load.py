@@ -71,16 +71,32 @@ def parse_proc_stat(text: str) -> dict[int, tuple[int, int]]:
 
 def busy_cores(before: Mapping[int, tuple[int, int]], after: Mapping[int, tuple[int, int]],
                cpus: set[int] | None = None) -> float:  # fmt: skip
-    """Cores' worth of busy time between two `parse_proc_stat` readings, over `cpus` (default: all)."""
-    total = 0.0
-    for cpu, (busy_after, all_after) in after.items():
-        if (cpus is not None and cpu not in cpus) or cpu not in before:
-            continue
-        busy_before, all_before = before[cpu]
-        elapsed = all_after - all_before
-        if elapsed > 0:
-            total += min(1.0, max(0.0, (busy_after - busy_before) / elapsed))
-    return total
+    """Cores' worth of busy time between two `parse_proc_stat` readings, over `cpus` (default: all), this
+    process's own time included."""
+    return others_busy_cores(before, after, 0, cpus)
+
+
+def read_proc_stat() -> dict[int, tuple[int, int]]:
+    """`parse_proc_stat` of this machine's ``/proc/stat`` now (OSError where it cannot be read)."""
+    return parse_proc_stat((_PROC / "stat").read_text())
+
+
+def default_thread_count(cpus: set[int] | None = None) -> int:
+    """Physical cores among `cpus` (default: this process's affinity mask), the count torch's intra-op pool uses by
+    default: hyper-threads of one core share its units, so a thread per logical CPU only adds barrier waits."""
+    try:
+        cpus = cpus if cpus is not None else set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package, core = (topology / "physical_package_id").read_text(), (topology / "core_id").read_text()
+            cores.add((package.strip(), core.strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count the CPU itself
+    return max(1, len(cores))
 
 
 def measure_busy_cores(interval: float = 0.1) -> float | None:
@@ -92,12 +108,13 @@ def measure_busy_cores(interval: float = 0.1) -> float | None:
     except (AttributeError, OSError):
         cpus = None
     try:
-        before, own_before = parse_proc_stat((_PROC / "stat").read_text()), process_tree_ticks()
+        before, own_before = read_proc_stat(), process_tree_ticks()
         time.sleep(interval)
-        after, own_after = parse_proc_stat((_PROC / "stat").read_text()), process_tree_ticks()
+        after, own_after = read_proc_stat(), process_tree_ticks()
     except OSError:
         return None
     return others_busy_cores(before, after, own_after - own_before, cpus)
 
 
-__all__ = ["busy_cores", "measure_busy_cores", "others_busy_cores", "parse_proc_stat", "process_tree_ticks"]
+__all__ = ["busy_cores", "default_thread_count", "measure_busy_cores", "others_busy_cores", "parse_proc_stat",
+           "process_tree_ticks", "read_proc_stat"]

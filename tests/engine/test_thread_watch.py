@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attnseg.cpu_load import others_busy_cores, process_tree_ticks
+from attnseg.cpu_load import others_busy_cores, parse_proc_stat, process_tree_ticks
 from attnseg.engine.thread_watch import ThreadWatch
 
 
@@ -88,7 +88,7 @@ class _FakeMachine:
             self.threads = count
 
         return ThreadWatch(2, interval=10.0, clock=lambda: self.now,
-                           read_stat=lambda: _stat_text(self.busy, self.total), own_ticks=lambda: self.own_ticks,
+                           read_stat=lambda: parse_proc_stat(_stat_text(self.busy, self.total)), own_ticks=lambda: self.own_ticks,
                            set_threads=set_threads, get_threads=lambda: self.threads, **kwargs)  # fmt: skip
 
 
@@ -150,3 +150,18 @@ def test_the_trainer_re_plans_threads_after_steps_and_restores_them_at_the_end(t
     assert seen[1:] == [1, 1, 1]  # lowered after the first step, whose tick saw another process's core busy
     assert machine.threads == 2 and len(lines) == 1
 
+
+
+def test_the_default_thread_count_is_one_per_physical_core():
+    from attnseg.cpu_load import default_thread_count
+
+    # torch's intra-op pool starts with one thread per physical core; the watch never plans above that by default
+    assert 1 <= default_thread_count() <= len(os.sched_getaffinity(0))
+    assert default_thread_count({0}) == 1
+    # a fresh interpreter's torch (nothing has changed its count) starts with exactly that many threads
+    done = subprocess.run([sys.executable, "-c", "import torch; from attnseg.cpu_load import default_thread_count; "
+                           "print(torch.get_num_threads(), default_thread_count())"],
+                          capture_output=True, text=True, check=True, env={k: v for k, v in os.environ.items()
+                                                                           if k != "OMP_NUM_THREADS"})  # fmt: skip
+    torch_default, ours = done.stdout.split()
+    assert torch_default == ours

@@ -93,33 +93,29 @@ def together_worker(watched: bool, config: str, threads: int, steps: int, interv
     from attnseg.config import load_config
     from attnseg.config.build import build_model
     from attnseg.config.training import build_criterion_from_config, build_optimizer
+    from attnseg.demo.measure import train_step_times
     from attnseg.engine.thread_watch import ThreadWatch
-    from attnseg.engine.trainer import autocast_context
     from attnseg.hardware import plan_threads, resolve_experiment_precision
 
     torch.set_num_threads(plan_threads(threads).threads)
     watch = ThreadWatch(threads, interval=interval) if watched else None
     experiment = resolve_experiment_precision(load_config(config), "cpu", log=lambda line: None)
     torch.manual_seed(0)
-    model = build_model(experiment.model).to(memory_format=torch.channels_last).train()
+    model = build_model(experiment.model).to(memory_format=torch.channels_last)
     criterion = build_criterion_from_config(experiment.train, experiment.model.num_classes)
     optimizer = build_optimizer(model, experiment.train)
     batch, crop = experiment.train.batch_size, experiment.data.crop_size
     images = torch.randn(batch, 3, *crop).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, experiment.model.num_classes, (batch, *crop))
-    times, counts = [], []
-    for _ in range(steps):
-        counts.append(torch.get_num_threads())
-        start = time.perf_counter()
-        with autocast_context(torch.device("cpu"), experiment.train.precision):
-            loss = criterion(model(images), labels)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
+    counts = [torch.get_num_threads()]  # the count each step ran with
+
+    def after_step() -> None:
         if watch is not None:
             watch.tick()
-    return {"times": times, "threads": counts}
+        counts.append(torch.get_num_threads())
+
+    times = train_step_times(model, criterion, optimizer, images, labels, experiment.train.precision, steps, after_step)
+    return {"times": times, "threads": counts[:steps]}
 
 
 def run_together(args: argparse.Namespace, watched: bool) -> list[dict]:

@@ -21,15 +21,24 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.
                        steps: int = 2) -> float:  # fmt: skip
     """Median seconds of `steps` training steps on a random batch (after one untimed step): forward, loss,
     backward and optimizer step, without the data pipeline."""
-    from attnseg.engine.trainer import autocast_context
-
     images = torch.randn(batch_size, 3, *crop)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size, *crop))
+    times = train_step_times(model, criterion, optimizer, images, labels, precision, 1 + max(1, steps))
+    return float(np.median(times[1:]))
+
+
+def train_step_times(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                     labels: torch.Tensor, precision: str, steps: int,
+                     after_step: Callable[[], object] | None = None) -> list[float]:  # fmt: skip
+    """Seconds of each of `steps` training steps on one fixed CPU batch (forward under autocast, loss, backward,
+    optimizer step); `after_step` runs after each one, outside the timing."""
+    from attnseg.engine.trainer import autocast_context
+
     model.train()
     times = []
-    for _ in range(1 + max(1, steps)):
+    for _ in range(steps):
         start = time.perf_counter()
         with autocast_context(torch.device("cpu"), precision):
             loss = criterion(model(images), labels)["loss"]
@@ -37,7 +46,9 @@ def measure_train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
+        if after_step is not None:
+            after_step()
+    return times
 
 
 def recipe_measurer(

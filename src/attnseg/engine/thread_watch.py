@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-from attnseg.cpu_load import others_busy_cores, parse_proc_stat, process_tree_ticks
-from attnseg.hardware import available_cores, choose_threads
-
-_PROC = Path("/proc")
+from attnseg.cpu_load import default_thread_count, others_busy_cores, process_tree_ticks, read_proc_stat
+from attnseg.hardware import choose_threads
 
 
 class ThreadWatch:
@@ -31,8 +29,8 @@ class ThreadWatch:
         wanted: the most threads to use (the count chosen before any lowering).
         interval: seconds between looks; a look costs two small /proc reads, nothing waits.
         log: receives one line when the count changes.
-        clock, read_stat, own_ticks: injectable for tests (default: monotonic time, ``/proc/stat``,
-            `process_tree_ticks`).
+        clock, read_stat, own_ticks, set_threads, get_threads: injectable for tests (default: monotonic time,
+            `read_proc_stat`, `process_tree_ticks`, torch's thread count).
     """
 
     def __init__(
@@ -42,7 +40,7 @@ class ThreadWatch:
         log: Callable[[str], None] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        read_stat: Callable[[], str] | None = None,
+        read_stat: Callable[[], dict[int, tuple[int, int]]] = read_proc_stat,
         own_ticks: Callable[[], int] = process_tree_ticks,
         set_threads: Callable[[int], None] = torch.set_num_threads,
         get_threads: Callable[[], int] = torch.get_num_threads,
@@ -51,7 +49,7 @@ class ThreadWatch:
         self.interval = float(interval)
         self.log = log
         self._clock, self._own_ticks = clock, own_ticks
-        self._read_stat = read_stat or (lambda: (_PROC / "stat").read_text())
+        self._read_stat = read_stat
         self._set_threads, self._get_threads = set_threads, get_threads
         try:
             self._cpus: set[int] | None = set(os.sched_getaffinity(0))
@@ -67,14 +65,15 @@ class ThreadWatch:
         (each rank's threads are the launcher's business) or when ``OMP_NUM_THREADS`` fixes the count."""
         if torch.device(device).type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
             return None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not _PROC.joinpath("stat").exists():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not Path("/proc/stat").exists():
             return None
-        return cls(wanted or max(torch.get_num_threads(), min(available_cores(), os.cpu_count() or 1)), **kwargs)
+        # torch's default count, not the current one: `attnseg train` may already have lowered it at start
+        return cls(wanted or max(torch.get_num_threads(), default_thread_count()), **kwargs)
 
     def _start_window(self) -> None:
         self._window_start = self._clock()
         try:
-            self._stat = parse_proc_stat(self._read_stat())
+            self._stat = self._read_stat()
             self._ticks = self._own_ticks()
         except OSError:
             self._stat = None
@@ -84,7 +83,7 @@ class ThreadWatch:
         if self._stat is None or self._clock() - self._window_start < self.interval:
             return None
         try:
-            after, ticks = parse_proc_stat(self._read_stat()), self._own_ticks()
+            after, ticks = self._read_stat(), self._own_ticks()
         except OSError:
             return None
         others = others_busy_cores(self._stat, after, ticks - self._ticks, self._cpus)
@@ -106,4 +105,4 @@ class ThreadWatch:
             self._set_threads(self.initial_threads)
 
 
-__all__ = ["ThreadWatch", "others_busy_cores", "process_tree_ticks"]
+__all__ = ["ThreadWatch"]

@@ -194,6 +194,8 @@ class Trainer:
             # appears once.
             self._truncate_records_after(self.iteration)
         bar = self._progress_bar()
+        if self.thread_watch is not None and self.thread_watch.log is None:
+            self.thread_watch.log = bar.write if bar is not None else _print_to_stderr
         try:
             while self.iteration < self.max_iters:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -266,8 +268,6 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", epoch=self.epoch, refresh=False)
         if self.thread_watch is not None:
-            if self.thread_watch.log is None:
-                self.thread_watch.log = bar.write if bar is not None else _print_to_stderr
             self.thread_watch.tick()
         if self.evaluate_fn is not None and ((self.eval_interval and self.iteration % self.eval_interval == 0) or last):
             self.evaluate(batch)
