@@ -183,3 +183,14 @@ def test_a_sub_command_module_that_fails_to_import_is_not_skipped(monkeypatch):
     monkeypatch.setattr(cli_main, "COMMAND_MODULES", (*cli_main.COMMAND_MODULES, "no_such_command"))
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         cli_main.build_parser()
+
+
+def test_fp16_passes_the_check_on_cuda_only_with_the_torch_backend():
+    from attnseg.cli.arguments import check_fp16
+    from attnseg.errors import ConfigError
+
+    check_fp16("fp16", "cuda")  # the CUDA run itself needs a GPU, which these tests do not have
+    check_fp16("bf16", "cpu")
+    check_fp16(None, "cpu")
+    with pytest.raises(ConfigError, match="openvino backend"):
+        check_fp16("fp16", "cuda", "openvino")
