@@ -255,7 +255,6 @@ def _report(args: argparse.Namespace, setup: EvalSetup, run, outputs) -> None:
     from attnseg.metrics import format_class_table, format_eval_log, metrics_to_json
 
     metrics, elapsed = run.metrics, run.seconds
-
     eval_cfg, data_cfg, count = setup.eval_cfg, setup.data_cfg, len(setup.dataset)
     if metrics.num_pixels:
         print_eval_lines(format_eval_log(metrics))
