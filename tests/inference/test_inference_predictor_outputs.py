@@ -10,6 +10,7 @@ from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from attnseg.errors import ConfigError
 from attnseg.inference.predictor import Predictor, Prediction
 from attnseg.inference.sliding import slide_inference
+from attnseg.inference.tta import tta_inference
 from attnseg.models import create_model
 from attnseg.models.outputs import SegmentationOutput
 
@@ -74,7 +75,11 @@ def test_probabilities_of_the_fused_prediction_on_every_torch_route(mscale):
     # the windows' probabilities are not the whole image's: the route really ran windows
     assert not torch.allclose(torch.softmax(windows, 1), torch.softmax(logits, 1), atol=1e-3)
     averaged = _predictor(conv, scales=(0.5, 1.0), multi_scale="average").predict(IMAGE, confidence=True)
-    assert averaged.probabilities is None and averaged.confidence.shape == IMAGE.shape[:2]
+    with torch.inference_mode():
+        expected = tta_inference(conv, x, scales=(0.5, 1.0), fusion="softmax")[0].max(0).values
+    assert averaged.probabilities is None  # only what was asked for
+    np.testing.assert_allclose(averaged.confidence, expected.numpy(), atol=1e-6)
+    assert not np.allclose(averaged.confidence, torch.softmax(logits, 1)[0].max(0).values.numpy(), atol=1e-3)
     labels, probabilities = _predictor(conv)(IMAGE, return_probabilities=True)  # the old call still answers
     assert np.array_equal(labels, probabilities.argmax(0))
 
