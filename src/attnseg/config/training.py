@@ -139,7 +139,7 @@ def build_training(
         ema_decay=train_cfg.ema_decay, evaluate_fn=evaluate_fn, eval_interval=train_cfg.eval_interval,
         save_interval=train_cfg.save_interval, log_interval=train_cfg.log_interval, progress=progress,
         save_weights=weights_writer(experiment, run_dir, class_names, palette, checkpoint_extra),
-        palette=palette, channels_last=channels_last,
+        palette=palette, channels_last=channels_last, accumulate=train_cfg.accumulate,
     )  # fmt: skip
     options.update(trainer_options or {})
     if "thread_watch" not in options and not context.is_distributed:

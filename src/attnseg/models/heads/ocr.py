@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from attnseg.models.checkpointing import checkpointed
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -128,11 +130,23 @@ class OCRHead(nn.Module):
             _bn_relu(in_channels, norm_layer),
             nn.Conv2d(in_channels, num_classes, 1),
         )
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing in training: the pixel-feature conv, the aux head and the OCR fusion each keep
+        only their inputs and recompute their activations in the backward pass (three units rather than one: the
+        whole head recomputed at once would hold all of its activations again at the peak)."""
+        self.grad_checkpointing = enabled
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backbone features (N, C, h, w) -> (class logits, aux logits, OCR features), all at (h, w)."""
-        pixels = self.conv3x3_ocr(features)
-        aux_logits = self.aux_head(features)
+        run = checkpointed if self.grad_checkpointing and self.training else _call
+        pixels = run(self.conv3x3_ocr, features)
+        aux_logits = run(self.aux_head, features)
         regions = spatial_gather(pixels, aux_logits)
-        ocr_features = self.ocr_distri_head(pixels, regions)
+        ocr_features = run(self.ocr_distri_head, pixels, regions)
         return self.cls_head(ocr_features), aux_logits, ocr_features
+
+
+def _call(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    return module(*inputs)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnseg.models.backbones.hrnet import HRNet, concat_branches, hrnet
+from attnseg.models.checkpointing import checkpointed
 from attnseg.models.heads.ocr import OCRHead
 from attnseg.models.mscale.fusion import FusedOutputs, ScaleOutputs, hierarchical_fusion, two_scale_fusion
 from attnseg.models.outputs import SegmentationOutput
@@ -85,6 +86,11 @@ class OCRNet(nn.Module):
         self.backbone = backbone
         self.ocr = ocr
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing of the backbone and the OCR head in training (see their methods)."""
+        self.backbone.set_grad_checkpointing(enabled)
+        self.ocr.set_grad_checkpointing(enabled)
+
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         logits, aux_logits, _ = self.ocr(concat_branches(self.backbone(images)))
         size = images.shape[-2:]
@@ -129,6 +135,15 @@ class MscaleOCR(nn.Module):
             raise ValueError(f"train_scales must be (low, 1.0) with 0 < low < 1, or (1.0,); got {tuple(train_scales)}")
         self.train_scales = tuple(train)
         self.resize_recompute_scale_factor = resize_recompute_scale_factor
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing in training: the backbone's and OCR head's units (see their methods) and the
+        scale-attention head keep only their inputs and recompute activations in the backward pass, at both
+        training scales."""
+        self.backbone.set_grad_checkpointing(enabled)
+        self.ocr.set_grad_checkpointing(enabled)
+        self.grad_checkpointing = enabled
 
     @property
     def eval_scales(self) -> tuple[float, ...]:
@@ -139,7 +154,10 @@ class MscaleOCR(nn.Module):
         """The network at one scale (the reference's `_fwd`): logits, aux logits and attention, all upsampled
         bilinearly to the size of `images`."""
         logits, aux_logits, ocr_features = self.ocr(concat_branches(self.backbone(images)))
-        attention = self.scale_attn(ocr_features)
+        if self.grad_checkpointing and self.training:
+            attention = checkpointed(self.scale_attn, ocr_features)
+        else:
+            attention = self.scale_attn(ocr_features)
         size = images.shape[-2:]
         return ScaleOutputs(_upsample(logits, size), _upsample(aux_logits, size), _upsample(attention, size))
 
