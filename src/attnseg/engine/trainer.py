@@ -49,6 +49,7 @@ from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.errors import AttnsegError
 from attnseg.fileio import atomic_write_text, remove_stale_temporaries
 from attnseg.models import unwrap_model as unwrap
+from attnseg.models.checkpointing import supports_grad_checkpointing
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -76,6 +77,19 @@ def autocast_context(device: torch.device, precision: Precision):
         raise AttnsegError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Switches on the activation checkpointing of `model` (unwrapped from DDP).
+
+    Raises:
+        AttnsegError: the model has no ``set_grad_checkpointing`` (the message names its class).
+    """
+    inner = unwrap(model)
+    if not supports_grad_checkpointing(inner):
+        raise AttnsegError(f"train.grad_checkpoint: {type(inner).__name__} does not support activation checkpointing "
+                           "(only the HRNet-OCR models do); set train.grad_checkpoint=false")
+    inner.set_grad_checkpointing(True)
 
 
 def _grouped(loader: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -128,6 +142,9 @@ class Trainer:
             made; a no-op for a model already converted). Checkpoints are saved contiguous either way.
         thread_watch: re-plans torch's threads after steps as other processes' load changes
             (`attnseg.engine.thread_watch`); None keeps the count.
+        grad_checkpoint: switch on the model's activation checkpointing (``set_grad_checkpointing``, HRNet-OCR
+            models): less memory for a recomputed forward per step; gradients and BatchNorm statistics stay those of
+            the plain run. A model without the method is refused.
         accumulate: micro-batches per optimisation step (gradient accumulation). The loader yields micro-batches of
             ``sampler.batch_size / accumulate`` samples; the sampler still counts whole steps, so its resume position
             and the samples of every step do not depend on `accumulate`. See `run_step` for what stays equal.
@@ -161,9 +178,12 @@ class Trainer:
         palette: Any = None,
         channels_last: bool = False,
         thread_watch: ThreadWatch | None = None,
+        grad_checkpoint: bool = False,
         accumulate: int = 1,
     ):
         _check_micro_batches(loader, sampler, accumulate)
+        if grad_checkpoint:
+            enable_grad_checkpointing(model)
         if channels_last:
             to_channels_last(model)
         self.channels_last = channels_last
