@@ -27,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,11 +45,11 @@ from attnseg.engine.checkpoint import (
 )
 from attnseg.engine.ema import ModelEma
 from attnseg.engine.optim import poly_lr
+from attnseg.engine.step_memory import check_micro_batches, enable_grad_checkpointing, grouped
 from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.errors import AttnsegError
 from attnseg.fileio import atomic_write_text, remove_stale_temporaries
 from attnseg.models import unwrap_model as unwrap
-from attnseg.models.checkpointing import supports_grad_checkpointing
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -77,40 +77,6 @@ def autocast_context(device: torch.device, precision: Precision):
         raise AttnsegError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def enable_grad_checkpointing(model: nn.Module) -> None:
-    """Switches on the activation checkpointing of `model` (unwrapped from DDP).
-
-    Raises:
-        AttnsegError: the model has no ``set_grad_checkpointing`` (the message names its class).
-    """
-    inner = unwrap(model)
-    if not supports_grad_checkpointing(inner):
-        raise AttnsegError(f"train.grad_checkpoint: {type(inner).__name__} does not support activation checkpointing "
-                           "(only the HRNet-OCR models do); set train.grad_checkpoint=false")
-    inner.set_grad_checkpointing(True)
-
-
-def _grouped(loader: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive lists of `size` loader batches (the micro-batches of one step); an incomplete tail is dropped
-    (the sampler's epochs hold whole steps, so there is none)."""
-    group: list[dict[str, Any]] = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-
-
-def _check_micro_batches(loader: Any, sampler: Any, accumulate: int) -> None:
-    """The loader must yield micro-batches: `accumulate` of them make the sampler's per-process batch."""
-    if accumulate < 1:
-        raise AttnsegError(f"accumulate must be >= 1, got {accumulate}")
-    loader_batch, step_batch = getattr(loader, "batch_size", None), getattr(sampler, "batch_size", None)
-    if loader_batch is not None and step_batch is not None and loader_batch * accumulate != step_batch:
-        raise AttnsegError(f"the loader's batch of {loader_batch} x accumulate {accumulate} is not the sampler's "
-                           f"batch of {step_batch} per step; build the loader with batch {step_batch} / {accumulate}")
 
 
 class Trainer:
@@ -181,7 +147,7 @@ class Trainer:
         grad_checkpoint: bool = False,
         accumulate: int = 1,
     ):
-        _check_micro_batches(loader, sampler, accumulate)
+        check_micro_batches(loader, sampler, accumulate)
         if grad_checkpoint:
             enable_grad_checkpointing(model)
         if channels_last:
@@ -254,7 +220,7 @@ class Trainer:
                         f"samples, batch {self.sampler.batch_size} x {self.sampler.world_size} processes)"
                     )
                 fetch_start = time.perf_counter()
-                for micro_batches in _grouped(self.loader, self.accumulate):
+                for micro_batches in grouped(self.loader, self.accumulate):
                     self._data_time += time.perf_counter() - fetch_start
                     self._set_lr()
                     losses = self.run_step(micro_batches[0] if self.accumulate == 1 else micro_batches)
