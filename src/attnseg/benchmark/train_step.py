@@ -49,8 +49,9 @@ def criterion() -> SegmentationCriterion:
 
 def measure(model_name: str, precision: str, channels_last: bool, height: int, width: int, batch: int, warmup: int,
             repeats: int, grad_checkpoint: bool = False):  # fmt: skip
-    """(median step seconds, peak RSS GiB, RSS GiB before the first step) of `repeats` training steps after `warmup`
-    ones; the RSS before the steps holds the model, the inputs and the libraries."""
+    """(median step seconds, peak RSS GiB, RSS GiB before the first step, median step CPU seconds) of `repeats`
+    training steps after `warmup` ones. The RSS before the steps holds the model, the inputs and the libraries; CPU
+    seconds (all threads of this process) vary less than wall time when other processes share the cores."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=19).train()
     if grad_checkpoint:
@@ -63,21 +64,22 @@ def measure(model_name: str, precision: str, channels_last: bool, height: int, w
     labels = torch.randint(0, 19, (batch, height, width))
     device = torch.device("cpu")
     rss_ready = current_rss_bytes() / 2**30
-    times = []
+    times, cpu_times = [], []
     for step in range(warmup + repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with autocast_context(device, precision):
             output = model(images)
         loss = loss_fn(output, labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if step >= warmup:
             times.append(elapsed)
+            cpu_times.append(cpu)
         print(f"  {precision} {layout_name(channels_last)} step {step}: {elapsed:.2f} s (loss {loss.item():.3f})",
               file=sys.stderr, flush=True)
-    return statistics.median(times), peak_rss_gib(), rss_ready
+    return statistics.median(times), peak_rss_gib(), rss_ready, statistics.median(cpu_times)
 
 
 def _child_command(args: argparse.Namespace, setting: str) -> list[str]:
@@ -98,14 +100,15 @@ def compare_grad_checkpoint(args: argparse.Namespace) -> dict[str, dict[str, flo
 
 def grad_checkpoint_table(results: dict[str, dict[str, float]]) -> list[str]:
     """Rows of the comparison: per setting step time and peak RSS, then the memory saved and the time added."""
-    lines = [f"{'grad_checkpoint':<16} {'step (s)':>9} {'RSS before steps (GiB)':>23} {'peak RSS (GiB)':>15}"]
+    lines = [f"{'grad_checkpoint':<16} {'step (s)':>9} {'CPU (s)':>8} {'RSS before steps (GiB)':>23} "
+             f"{'peak RSS (GiB)':>15}"]
     for setting, result in results.items():
-        lines.append(f"{setting:<16} {result['step_s']:>9.3f} {result['rss_before_gib']:>23.2f} "
-                     f"{result['peak_gib']:>15.2f}")
+        lines.append(f"{setting:<16} {result['step_s']:>9.3f} {result['cpu_s']:>8.3f} "
+                     f"{result['rss_before_gib']:>23.2f} {result['peak_gib']:>15.2f}")
     off, on = results["off"], results["on"]
     saved = 100.0 * (1.0 - on["peak_gib"] / off["peak_gib"])
-    added = 100.0 * (on["step_s"] / off["step_s"] - 1.0)
-    lines.append(f"checkpointing: peak memory {saved:.1f}% less, step time {added:+.1f}%")
+    added, added_cpu = (100.0 * (on[key] / off[key] - 1.0) for key in ("step_s", "cpu_s"))
+    lines.append(f"checkpointing: peak memory {saved:.1f}% less, step time {added:+.1f}% (CPU time {added_cpu:+.1f}%)")
     return lines
 
 
@@ -134,10 +137,10 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.json:
-        median, peak, rss_before = measure(args.model, args.precision, args.layout == "channels_last", args.height,
+        median, peak, rss_before, cpu = measure(args.model, args.precision, args.layout == "channels_last", args.height,
                                            args.width, args.batch, args.warmup, args.repeats,
                                            args.grad_checkpoint == "on")  # fmt: skip
-        print(json.dumps({"step_s": median, "peak_gib": peak, "rss_before_gib": rss_before}))
+        print(json.dumps({"step_s": median, "cpu_s": cpu, "peak_gib": peak, "rss_before_gib": rss_before}))
         return 0
     precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
     layouts = (False, True) if args.layout == "both" else (args.layout == "channels_last",)
@@ -147,7 +150,7 @@ def main() -> int:
           f"median of {args.repeats} steps (torch {torch.__version__})")
     print(f"{'precision':<10} {'layout':<14} {'step (s)':>10} {'img/s':>8} {'peak RSS (GiB)':>15} {'speed-up':>9}")
     base = next(iter(results.values()))[0]  # the first row: fp32 NCHW when both are measured
-    for (precision, channels_last), (median, peak, _) in results.items():
+    for (precision, channels_last), (median, peak, *_) in results.items():
         print(f"{precision:<10} {layout_name(channels_last):<14} {median:>10.3f} {args.batch / median:>8.3f} "
               f"{peak:>15.2f} {base / median:>8.2f}x")
     return 0
