@@ -259,6 +259,9 @@ class Trainer:
                 losses, output = self._forward_backward(micro_batch, count)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / count
+            if self._writer is not None:  # kept only for the TensorBoard overlay (of the last micro-batch)
+                self._last_output = output.logits[:1].detach().clone()
+            del losses, output  # not held while the next micro-batch runs its forward
         if self.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
@@ -266,8 +269,6 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(unwrap(self.model))
-        if self._writer is not None:  # kept only for the TensorBoard overlay (of the last micro-batch)
-            self._last_output = output.logits[:1].detach()
         return sums
 
     def _forward_backward(self, batch: Mapping[str, Any], micro_batches: int) -> tuple[dict[str, torch.Tensor], Any]:

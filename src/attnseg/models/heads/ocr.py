@@ -133,20 +133,26 @@ class OCRHead(nn.Module):
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Activation checkpointing in training: the pixel-feature conv, the aux head and the OCR fusion each keep
-        only their inputs and recompute their activations in the backward pass (three units rather than one: the
-        whole head recomputed at once would hold all of its activations again at the peak)."""
+        """Activation checkpointing in training: the aux head, the OCR fusion and the BN-ReLU after the pixel-feature
+        conv each keep only their inputs and recompute their activations in the backward pass (separate units: the
+        whole head recomputed at once would hold all of its activations again at the peak).
+
+        The 3x3 pixel-feature conv itself is not recomputed: it is 70% of the head's compute (109 of 155 GMAC per
+        512x1024 image with HRNet-W48) for one stored map of `mid_channels`.
+        """
         self.grad_checkpointing = enabled
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backbone features (N, C, h, w) -> (class logits, aux logits, OCR features), all at (h, w)."""
-        run = checkpointed if self.grad_checkpointing and self.training else _call
-        pixels = run(self.conv3x3_ocr, features)
-        aux_logits = run(self.aux_head, features)
-        regions = spatial_gather(pixels, aux_logits)
-        ocr_features = run(self.ocr_distri_head, pixels, regions)
+        if self.grad_checkpointing and self.training:
+            conv, bn_relu = self.conv3x3_ocr
+            pixels = checkpointed(bn_relu, conv(features))
+            aux_logits = checkpointed(self.aux_head, features)
+            regions = spatial_gather(pixels, aux_logits)
+            ocr_features = checkpointed(self.ocr_distri_head, pixels, regions)
+        else:
+            pixels = self.conv3x3_ocr(features)
+            aux_logits = self.aux_head(features)
+            regions = spatial_gather(pixels, aux_logits)
+            ocr_features = self.ocr_distri_head(pixels, regions)
         return self.cls_head(ocr_features), aux_logits, ocr_features
-
-
-def _call(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
-    return module(*inputs)
