@@ -25,7 +25,8 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def _overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.crop_size=[64,128]", "data.num_workers=0", "data.class_uniform_fraction=0",
-            "train.iters=1", "train.batch_size=2", "train.precision=fp32", "train.channels_last=false", "eval.precision=fp32"]  # fmt: skip
+            "train.iters=1", "train.batch_size=2", "train.precision=fp32", "train.channels_last=false",
+            "eval.precision=fp32"]  # fmt: skip
 
 
 def test_build_training_applies_grad_checkpoint_from_the_config(synthetic_root, tmp_path):

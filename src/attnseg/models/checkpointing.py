@@ -6,8 +6,9 @@ no gradient, with DistributedDataParallel and with outputs of any structure) and
 forward differs from the first one here: BatchNorm in training mode updates its running statistics (and
 ``num_batches_tracked``) on every call, so the recomputation would update them a second time. During recomputation the
 norm layers of the module update throw-away copies of those buffers (`FrozenNormStatistics`): they normalise with
-the batch statistics exactly as in the first forward and the real buffers keep the first forward's update. Dropout draws the same masks in both passes because checkpoint
-saves and restores the RNG state (``preserve_rng_state``, its default).
+the batch statistics exactly as in the first forward and the real buffers keep the first forward's update. Dropout
+draws the same masks in both passes because checkpoint saves and restores the RNG state (``preserve_rng_state``, its
+default), and autocast runs the recomputation in the first forward's precision.
 
 A model that supports checkpointing has ``set_grad_checkpointing(enabled=True)`` (the timm convention);
 `supports_grad_checkpointing` tells whether a model has it.
