@@ -213,8 +213,9 @@ class TrainConfig:
     # Keep weights and activations NHWC: oneDNN (CPU) and cuDNN run their fast kernels without layout reorders
     # (measured with the demo's model on 2 CPU cores: 0.38 vs 0.47 s per fp32 step).
     channels_last: bool = True
-    # Activation checkpointing of the HRNet modules and the OCR/attention heads (models with
-    # `set_grad_checkpointing`): activations are recomputed in the backward pass, less memory for more time.
+    # Activation checkpointing of the HRNet modules and the OCR head (models with `set_grad_checkpointing`): their
+    # activations are recomputed in the backward pass. W48 two-scale 512x1024: 48% less peak memory for 20% more
+    # matmul/conv work (docs/benchmarks/train_memory_w48_512x1024.txt); gradients stay those of the plain run.
     grad_checkpoint: bool = False
     grad_clip_norm: float | None = None  # clip the global gradient norm; None = no clipping (both references)
     ema_decay: float | None = None  # EMA of the weights (evaluated and saved instead); None = off
