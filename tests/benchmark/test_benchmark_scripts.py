@@ -86,3 +86,15 @@ def test_train_step_table(tmp_path):
                                               "speed-up"]
     row = header_after(out, "fp32")
     assert row[1] == "nchw" and row[-1] == "1.00x" and float(row[4]) > 0.05
+
+
+def test_train_step_grad_checkpoint_comparison(tmp_path):
+    out = run_script("train_step", "--model", "mscale_ocr_hrnet_w18_small_v1", "--height", "64", "--width", "128",
+                     "--repeats", "1", "--warmup", "0", "--precision", "fp32", "--layout", "nchw", "--threads", "1",
+                     "--grad-checkpoint", "compare", cwd=tmp_path)  # fmt: skip
+    assert header_after(out, "grad_checkpoint") == ["grad_checkpoint", "step", "(s)", "CPU", "(s)", "RSS", "before",
+                                                    "steps", "(GiB)", "peak", "RSS", "(GiB)"]  # fmt: skip
+    off, on = header_after(out, "off"), header_after(out, "on")
+    assert all(float(value) > 0 for value in off[1:] + on[1:])
+    assert float(on[4]) >= float(on[3]) and float(off[4]) >= float(off[3])  # the peak holds what was there before
+    assert "checkpointing: peak memory" in out and "step time" in out

@@ -2,7 +2,7 @@
 
 Not a test module itself (no ``test_`` prefix). Usage::
 
-    python train_worker.py RUN_DIR --iters 8 --batch 2 [--save-interval 3] [--resume] [--kill-after 5]
+    python train_worker.py RUN_DIR --iters 8 --batch 2 [--accumulate 2] [--save-interval 3] [--resume] [--kill-after 5]
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def criterion() -> SegmentationCriterion:
 
 def build(run_dir: str, *, iters: int, batch: int, save_interval: int = 0, data_cfg: DataConfig | None = None,
           dropout: float = 0.1, sync_bn: bool = True, workers: int = 0, hook=None,
-          deterministic: bool = False) -> Trainer:
+          deterministic: bool = False, accumulate: int = 1) -> Trainer:
     rank, world = distributed.get_rank(), distributed.get_world_size()
-    train_cfg = TrainConfig(iters=iters, batch_size=batch, lr=0.05, seed=3, save_interval=save_interval)
+    train_cfg = TrainConfig(iters=iters, batch_size=batch, lr=0.05, seed=3, save_interval=save_interval,
+                            accumulate=accumulate)
     data_cfg = data_cfg or DataConfig(crop_size=(16, 24), scale_range=(0.75, 1.25), color_jitter=0.2,
                                       num_workers=workers, class_uniform_fraction=0.5, class_uniform_tile=16,
                                       centroid_cache_dir=os.path.join(run_dir, "cache"))
@@ -83,7 +84,8 @@ def build(run_dir: str, *, iters: int, batch: int, save_interval: int = 0, data_
     data = build_train_data(data_cfg, train_cfg, num_classes=NUM_CLASSES, fine=make_samples(), rank=rank,
                             world_size=world, progress=False)
     trainer = Trainer(model, criterion(), optimizer, data.loader, data.sampler, max_iters=iters, run_dir=run_dir,
-                      poly_power=2.0, save_interval=save_interval, log_interval=2, progress=False, tensorboard=False)
+                      poly_power=2.0, save_interval=save_interval, log_interval=2, progress=False, tensorboard=False,
+                      accumulate=accumulate)
     if hook is not None:
         original = trainer.run_step
 
@@ -112,6 +114,7 @@ def main() -> int:
     parser.add_argument("--kill-after", type=int, default=0, help="SIGKILL this process after that many steps")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (--batch is the step's)")
     parser.add_argument("--out", help="write the final weights (rank r writes OUT.r) here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -123,7 +126,7 @@ def main() -> int:
 
     trainer = build(args.run_dir, iters=args.iters, batch=args.batch, save_interval=args.save_interval,
                     dropout=args.dropout, workers=args.workers, hook=kill if args.kill_after else None,
-                    deterministic=True)
+                    deterministic=True, accumulate=args.accumulate)
     if args.resume:
         assert trainer.resume(), "nothing to resume"
     trainer.train()

@@ -66,8 +66,14 @@ def validate(args: argparse.Namespace) -> None:
 # to extend (or shorten) a run is what --resume is for; the poly schedule then decays over the new length from
 # the resumed iteration on. Data loader workers do not change the data order (the sampler plans it and every
 # sample's augmentation is seeded from the plan), so a resume with other worker counts stays bit-exact.
+# `train.grad_checkpoint` and `train.accumulate` decide only how a step's batch fits in memory (a resume on a smaller
+# machine needs them): the sampler counts whole steps, so every step keeps its samples, LR and resume position.
+# Checkpointing changes nothing else; accumulation makes BatchNorm use micro-batch statistics and averages a loss per
+# micro-batch (see `Trainer.run_step`), as the run would have had it started that way.
 RESUME_CHANGEABLE_KEYS: tuple[str, ...] = (
     "train.iters",
+    "train.grad_checkpoint",
+    "train.accumulate",
     "train.save_interval",
     "train.log_interval",
     "train.eval_interval",

@@ -192,7 +192,12 @@ class TrainConfig:
     """Optimisation and run control (see `attnseg.engine`)."""
 
     iters: int = 1000
-    batch_size: int = 2  # per process; the global batch is batch_size x number of processes
+    batch_size: int = 2  # per process and optimiser step; the global batch is batch_size x number of processes
+    # Gradient accumulation: each step's batch_size images run as `accumulate` micro-batches of batch_size /
+    # accumulate (must divide), with one optimiser step after the last. Same samples, LR and schedule per step; the
+    # difference: BatchNorm statistics (and running-stat updates) come from each micro-batch, and a loss that
+    # averages over valid pixels averages per micro-batch (see `attnseg.engine.trainer.Trainer`).
+    accumulate: int = 1
     optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: both references; adamw: from-scratch CPU runs (demo)
     lr: float = 0.01
     momentum: float = 0.9  # SGD only
@@ -208,6 +213,10 @@ class TrainConfig:
     # Keep weights and activations NHWC: oneDNN (CPU) and cuDNN run their fast kernels without layout reorders
     # (measured with the demo's model on 2 CPU cores: 0.38 vs 0.47 s per fp32 step).
     channels_last: bool = True
+    # Activation checkpointing of the HRNet modules and the OCR head (models with `set_grad_checkpointing`): their
+    # activations are recomputed in the backward pass. W48 two-scale 512x1024: 48% less peak memory for 20% more
+    # matmul/conv work (docs/benchmarks/train_memory_w48_512x1024.txt); gradients stay those of the plain run.
+    grad_checkpoint: bool = False
     grad_clip_norm: float | None = None  # clip the global gradient norm; None = no clipping (both references)
     ema_decay: float | None = None  # EMA of the weights (evaluated and saved instead); None = off
     sync_bn: bool = True  # SyncBatchNorm when running on several processes
@@ -221,8 +230,11 @@ class TrainConfig:
     out_dir: str = "runs/experiment"
 
     def __post_init__(self) -> None:
-        _check_counts(self, {"iters": 1, "batch_size": 1, "warmup_iters": 0, "eval_interval": 0,
+        _check_counts(self, {"iters": 1, "batch_size": 1, "accumulate": 1, "warmup_iters": 0, "eval_interval": 0,
                              "save_interval": 0, "log_interval": 1})  # fmt: skip
+        _check(self.batch_size % self.accumulate == 0, "accumulate", self.accumulate,
+               f"must divide train.batch_size={self.batch_size} (each step's batch is split into that many "
+               "equal micro-batches)")  # fmt: skip
         _check(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a positive finite number")
         for name in ("weight_decay", "end_lr", "poly_power", "momentum"):
             _check(_is_number_at_least(getattr(self, name), 0.0), name, getattr(self, name),

@@ -194,7 +194,9 @@ def build_train_data(
     dataset = PlannedDataset(parts, train_transform_from_config(data_cfg), cache_decoded=data_cfg.cache_decoded)
     loader = DataLoader(
         dataset,
-        batch_size=train_cfg.batch_size,
+        # Micro-batches under gradient accumulation: the sampler plans whole steps of batch_size samples, the loader
+        # cuts its stream into accumulate pieces per step (the trainer groups them back).
+        batch_size=train_cfg.batch_size // train_cfg.accumulate,
         sampler=sampler,
         num_workers=data_cfg.num_workers,
         collate_fn=collate_train_batch,

@@ -24,6 +24,8 @@ from attnseg.engine.distributed import DistributedContext
 from attnseg.engine.optim import build_adamw, build_sgd, parameter_groups
 from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.engine.trainer import Trainer, to_channels_last, unwrap
+from attnseg.errors import ConfigError
+from attnseg.models.checkpointing import supports_grad_checkpointing
 
 
 def build_criterion_from_config(train_cfg: TrainConfig, num_classes: int, ignore_index: int = 255) -> nn.Module:
@@ -119,6 +121,9 @@ def build_training(
     seed_everything(train_cfg.seed, context.rank, train_cfg.deterministic)
     channels_last = train_cfg.channels_last if channels_last is None else channels_last
     model = build_model(model_cfg).to(context.device)
+    if train_cfg.grad_checkpoint and not supports_grad_checkpointing(model):
+        raise ConfigError(f"train.grad_checkpoint=true: model {model_cfg.name} does not support activation "
+                          "checkpointing (the HRNet-OCR models do); set train.grad_checkpoint=false")
     if context.is_distributed:
         if channels_last:  # before DDP lays out its gradient buckets
             to_channels_last(model)
@@ -139,7 +144,8 @@ def build_training(
         ema_decay=train_cfg.ema_decay, evaluate_fn=evaluate_fn, eval_interval=train_cfg.eval_interval,
         save_interval=train_cfg.save_interval, log_interval=train_cfg.log_interval, progress=progress,
         save_weights=weights_writer(experiment, run_dir, class_names, palette, checkpoint_extra),
-        palette=palette, channels_last=channels_last,
+        palette=palette, channels_last=channels_last, accumulate=train_cfg.accumulate,
+        grad_checkpoint=train_cfg.grad_checkpoint,
     )  # fmt: skip
     options.update(trainer_options or {})
     if "thread_watch" not in options and not context.is_distributed:

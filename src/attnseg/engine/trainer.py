@@ -3,9 +3,10 @@
 `Trainer.train()` runs::
 
     for each iteration until max_iters:
-        batch  <- loader (the sampler's plan for this epoch, resumed mid-epoch if needed)
+        batch  <- loader: `accumulate` micro-batches (the sampler's plan for this epoch, resumed mid-epoch if needed)
         lr     <- poly_lr(iteration)                     (pure function of the iteration)
-        losses <- run_step(batch)                        (forward under autocast, criterion, backward, step)
+        losses <- run_step(batch)                        (per micro-batch forward under autocast, criterion and
+                                                          backward; then one optimiser step)
         every log_interval:  reduce losses over processes, write metrics.jsonl / TensorBoard (rank 0)
         every eval_interval: evaluate_fn(model) -> mIoU, keep the best weights
         every save_interval: training state (exact resume) + last weights
@@ -26,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from attnseg.engine.checkpoint import (
 )
 from attnseg.engine.ema import ModelEma
 from attnseg.engine.optim import poly_lr
+from attnseg.engine.step_memory import check_micro_batches, enable_grad_checkpointing, grouped
 from attnseg.engine.thread_watch import ThreadWatch
 from attnseg.errors import AttnsegError
 from attnseg.fileio import atomic_write_text, remove_stale_temporaries
@@ -106,6 +108,12 @@ class Trainer:
             made; a no-op for a model already converted). Checkpoints are saved contiguous either way.
         thread_watch: re-plans torch's threads after steps as other processes' load changes
             (`attnseg.engine.thread_watch`); None keeps the count.
+        grad_checkpoint: switch on the model's activation checkpointing (``set_grad_checkpointing``, HRNet-OCR
+            models): less memory for a recomputed forward per step; gradients and BatchNorm statistics stay those of
+            the plain run. A model without the method is refused.
+        accumulate: micro-batches per optimisation step (gradient accumulation). The loader yields micro-batches of
+            ``sampler.batch_size / accumulate`` samples; the sampler still counts whole steps, so its resume position
+            and the samples of every step do not depend on `accumulate`. See `run_step` for what stays equal.
     """
 
     def __init__(
@@ -136,7 +144,12 @@ class Trainer:
         palette: Any = None,
         channels_last: bool = False,
         thread_watch: ThreadWatch | None = None,
+        grad_checkpoint: bool = False,
+        accumulate: int = 1,
     ):
+        check_micro_batches(loader, sampler, accumulate)
+        if grad_checkpoint:
+            enable_grad_checkpointing(model)
         if channels_last:
             to_channels_last(model)
         self.channels_last = channels_last
@@ -179,6 +192,7 @@ class Trainer:
         self._data_time = 0.0
         self._writer = self._open_tensorboard() if tensorboard and self.is_main else None
         self.thread_watch = thread_watch
+        self.accumulate = accumulate
 
     # ------------------------------------------------------------------------------------------------------------
     # The loop
@@ -206,11 +220,11 @@ class Trainer:
                         f"samples, batch {self.sampler.batch_size} x {self.sampler.world_size} processes)"
                     )
                 fetch_start = time.perf_counter()
-                for batch in self.loader:
+                for micro_batches in grouped(self.loader, self.accumulate):
                     self._data_time += time.perf_counter() - fetch_start
                     self._set_lr()
-                    losses = self.run_step(batch)
-                    self._after_step(losses, batches, batch, bar)
+                    losses = self.run_step(micro_batches[0] if self.accumulate == 1 else micro_batches)
+                    self._after_step(losses, batches, micro_batches[-1], bar)
                     if self.iteration >= self.max_iters:
                         break
                     fetch_start = time.perf_counter()
@@ -223,8 +237,42 @@ class Trainer:
                 self._writer.flush()
         return {"iteration": self.iteration, "best_miou": self.best_miou, "best_iteration": self.best_iteration}
 
-    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on one batch; returns the loss terms as floats (this process's values)."""
+    def run_step(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """One optimisation step on one batch, or on the micro-batches of one step; returns the loss terms as floats
+        (this process's values, the mean over micro-batches).
+
+        With micro-batches, each one's loss is divided by their number before its backward, so the summed gradient
+        is that of the mean micro-batch loss; under DistributedDataParallel all but the last backward skip the
+        gradient all-reduce (`no_sync`). This equals one step on the whole batch up to float rounding when the model
+        has no batch statistics and every micro-batch has as many valid (not ignored) pixels: a loss averaged over
+        valid pixels is averaged per micro-batch, and the mean of means weights the pixels of a micro-batch with
+        fewer valid ones more. BatchNorm in training mode normalises each micro-batch with its own statistics and
+        updates the running statistics once per micro-batch (statistics over 2 images instead of 4 for a batch of
+        4 in 2 micro-batches), as a smaller batch would.
+        """
+        micro_batches = [batch] if isinstance(batch, Mapping) else list(batch)
+        count = len(micro_batches)
+        sums: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, micro_batch in enumerate(micro_batches):
+            with self._gradient_sync(last=index == count - 1):
+                losses, output = self._forward_backward(micro_batch, count)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / count
+            if self._writer is not None:  # kept only for the TensorBoard overlay (of the last micro-batch)
+                self._last_output = output.logits[:1].detach().clone()
+            del losses, output  # not held while the next micro-batch runs its forward
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
+        return sums
+
+    def _forward_backward(self, batch: Mapping[str, Any], micro_batches: int) -> tuple[dict[str, torch.Tensor], Any]:
+        """Forward, criterion and the backward of ``loss / micro_batches`` (scaled for fp16) on one (micro-)batch."""
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         with autocast_context(self.device, self.precision):
@@ -234,18 +282,14 @@ class Trainer:
         if not torch.isfinite(total.detach()):
             raise TrainingDiverged(f"loss is {total.item()} at iteration {self.iteration + 1}; "
                                    "lower train.lr or enable train.grad_clip_norm")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        if self.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(unwrap(self.model))
-        if self._writer is not None:  # kept only for the TensorBoard overlay
-            self._last_output = output.logits[:1].detach()
-        return {name: float(value.detach()) for name, value in losses.items()}
+        self.scaler.scale(total / micro_batches if micro_batches > 1 else total).backward()
+        return losses, output
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's `no_sync` for every micro-batch but the last: gradients all-reduce once per step."""
+        if last or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def _set_lr(self) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):

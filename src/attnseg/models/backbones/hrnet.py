@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnseg.models.checkpointing import checkpointed
 from attnseg.models.state_dicts import as_tensor
 
 NormLayer = Callable[[int], nn.Module]
@@ -161,6 +162,16 @@ class HighResolutionModule(nn.Module):
         return fused
 
 
+class _BranchListCall:
+    """``module(list(branches))`` as a function of separate tensors, the form checkpoint takes."""
+
+    def __init__(self, module: HighResolutionModule):
+        self.module = module
+
+    def __call__(self, *branches: torch.Tensor) -> list[torch.Tensor]:
+        return self.module(list(branches))
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One HRNet stage: `num_modules` exchange units over len(num_channels) branches."""
@@ -216,6 +227,16 @@ class HRNet(nn.Module):
         self.out_channels: list[int] = list(channels)
         self.strides: list[int] = list(BRANCH_STRIDES[: len(channels)])
         self.concat_channels: int = sum(channels)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing in training: the stem, stage 1 and every exchange module of stages 2-4 keep only
+        their inputs and recompute their activations in the backward pass (`attnseg.models.checkpointing`).
+
+        The unit is one exchange module rather than a whole stage: the peak of the backward pass is the largest unit
+        recomputed at once, and a stage of four modules would hold four modules' activations again.
+        """
+        self.grad_checkpointing = enabled
 
     @staticmethod
     def _make_transition_and_stage(
@@ -249,14 +270,28 @@ class HRNet(nn.Module):
         # New branches are fed from the coarsest output of the previous stage.
         return [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transitions)]
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(x)))
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image (N, 3, H, W) -> branch maps [(N, C_i, ceil(H / s_i), ceil(W / s_i))] for s_i in `strides`."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        ys = [self.layer1(x)]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return self._forward_checkpointed(x)
+        ys = [self.layer1(self._stem(x))]
         ys = self.stage2(self._transition(self.transition1, ys))
         ys = self.stage3(self._transition(self.transition2, ys))
         return self.stage4(self._transition(self.transition3, ys))
+
+    def _forward_checkpointed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # The same computation as forward, unit by unit; transitions (a few small convs) are not worth recomputing.
+        ys = [checkpointed(self.layer1, checkpointed(self._stem, x, owner=self))]
+        for transitions, stage in ((self.transition1, self.stage2), (self.transition2, self.stage3),
+                                   (self.transition3, self.stage4)):  # fmt: skip
+            ys = self._transition(transitions, ys)
+            for module in stage:
+                ys = checkpointed(_BranchListCall(module), *ys, owner=module)
+        return ys
 
 
 def concat_branches(features: Sequence[torch.Tensor]) -> torch.Tensor:
