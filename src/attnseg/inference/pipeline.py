@@ -19,6 +19,7 @@ All three stop their threads on exit, so an exception or Ctrl-C in the caller le
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections import deque
@@ -191,9 +192,9 @@ class BackgroundWriter:
 class SerializedCalls:
     """A proxy of `target` whose calls hold `lock`: threads sharing one model run one forward at a time.
 
-    Calling the proxy, or any callable attribute of it except those named in `free`, holds the lock for the call;
-    other attributes are the target's own. Names not in `free` are serialized, so a method added to the target
-    later is safe by default.
+    Calling the proxy, or any method of the target except those named in `free`, holds the lock for the call;
+    other attributes (data, the model object itself) are the target's own. Methods not named in `free` are
+    serialized, so a method added to the target later is safe by default.
 
     Args:
         target: the shared object (a `Predictor`).
@@ -230,7 +231,7 @@ class SerializedCalls:
     def __getattr__(self, name: str) -> Any:
         # object.__getattribute__: no recursion into __getattr__ should `_target` be missing (copying, pickling)
         value = getattr(object.__getattribute__(self, "_target"), name)
-        if name in self._free or not callable(value):
+        if name in self._free or not inspect.ismethod(value):  # data, and objects such as the model, as they are
             return value
         return self._serialized(value)
 
