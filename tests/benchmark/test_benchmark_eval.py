@@ -1,0 +1,73 @@
+"""`python -m attnseg.benchmark.eval`: the throughput table (model alone, eval before / --no-pipeline / pipelined,
+shares outside the model), the stage table and the verdict, at the smallest options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from attnseg.benchmark import eval as eval_benchmark
+from attnseg.inference import evaluate
+from attnseg.metrics import confusion
+
+
+def run_script(*options: str, cwd) -> str:
+    done = subprocess.run([sys.executable, "-m", "attnseg.benchmark.eval", *options], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def header_after(out: str, first_word: str) -> list[str]:
+    return next(line for line in out.splitlines() if line.split()[:1] == [first_word]).split()
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined"):
+            if line.startswith(name + " "):
+                rows[name] = line[len(name):].split()
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_eval_throughput_table(tmp_path, backend):
+    table = tmp_path / "table.txt"
+    out = run_script("--images", "2", "--height", "64", "--width", "128", "--model",
+                     "mscale_ocr_hrnet_w18_small_v1", "--threads", "1", "--workers", "1", "--backend", backend,
+                     "--out", str(table), cwd=tmp_path)
+    assert header_after(out, "run") == ["run", "s/image", "images/s", "outside", "the", "model"]
+    rows = _table(out)
+    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined"]
+    model_seconds = float(rows["model alone"][0])
+    for name, (seconds, per_second, share) in ((n, r) for n, r in rows.items() if n != "model alone"):
+        # (eval - model) / model, from per-image seconds rounded to 3 decimals
+        assert 1 + float(share.rstrip("%")) / 100 == pytest.approx(float(seconds) / model_seconds, rel=0.05)
+        assert float(per_second) == pytest.approx(1 / float(seconds), rel=0.02)
+    lines = out.splitlines()
+    first = next(index for index, line in enumerate(lines) if line.startswith("stage ")) + 1
+    stages = [line.rsplit(None, 1)[0].strip() for line in lines[first : lines.index("", first)]]
+    assert stages == ["decode image", "decode label", "normalise", "labels, before (max over NCHW)",
+                      "counts, before (long tensors)", "labels (first_max_labels)", "counts (numpy bins)", "dump"]
+    assert ("OpenVINO fp32" in out) == (backend == "openvino") and "\nmachine: " in out
+    assert "target: data + labels + counts + dumps <= 10% of the model time: pipelined" in out
+    assert table.read_text() == out
+
+
+def test_code_before_pipelining_is_restored_and_counts_the_same():
+    import numpy as np
+    import torch
+
+    scores = torch.randn(1, 19, 8, 16)
+    target = torch.randint(0, 20, (1, 8, 16))
+    fast = confusion.ConfusionMatrix(19)
+    fast.update(evaluate.scores_to_labels(scores), target)
+    with eval_benchmark.code_before_pipelining():
+        assert evaluate.first_max_labels(scores) is None
+        slow = confusion.ConfusionMatrix(19)
+        slow.update(evaluate.scores_to_labels(scores), target)
+    assert evaluate.first_max_labels(scores) is not None
+    assert np.array_equal(fast.confusion, slow.confusion)
