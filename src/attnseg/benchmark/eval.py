@@ -73,23 +73,28 @@ class Subject:
     std: tuple[float, ...] = tuple(IMAGENET_STD)
 
 
-def _torch_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, str]:
-    """(model, checkpoint sidecar or None, name) of ``--weights`` or of ``--model`` with random weights."""
+def _torch_model(args: argparse.Namespace, scene: np.ndarray) -> tuple[torch.nn.Module, Any, str]:
+    """(model, checkpoint sidecar or None, name) of ``--weights``, or of ``--model`` with random weights calibrated
+    on `scene` (`attnseg.benchmark.calibration`: else they predict one class everywhere, and the dumps, whose PNGs
+    then compress to nothing, would cost less than a real model's)."""
     if args.weights:
         from attnseg.inference.predictor import resolve_weights
         from attnseg.weights import load_model
 
         model, sidecar = load_model(resolve_weights(args.weights))
         return model.eval(), sidecar, f"{sidecar.model} ({args.weights})"
+    from attnseg.benchmark.calibration import calibrate_batchnorm
     from attnseg.models import create_model
 
     torch.manual_seed(0)
-    return create_model(args.model, num_classes=19).eval(), None, f"{args.model} (random weights)"
+    model = create_model(args.model, num_classes=19)
+    calibrate_batchnorm(model, scene)
+    return model.eval(), None, f"{args.model} (random weights calibrated on the first scene)"
 
 
-def load_subject(args: argparse.Namespace, folder: Path) -> Subject:
+def load_subject(args: argparse.Namespace, folder: Path, scene: np.ndarray) -> Subject:
     """The model on the route asked for: exported to OpenVINO IR in `folder`, or eager torch."""
-    model, sidecar, name = _torch_model(args)
+    model, sidecar, name = _torch_model(args, scene)
     scales = tuple(args.scales)
     mean, std = (tuple(sidecar.mean), tuple(sidecar.std)) if sidecar is not None else (IMAGENET_MEAN, IMAGENET_STD)
     if args.backend == "torch":
@@ -156,9 +161,10 @@ def time_eval(subject: Subject, loader: Any, dump_dir: Path, kinds: list[str], *
 
 
 def stage_seconds(subject: Subject, image_path: Path, label_path: Path, dump_dir: Path,
-                  kinds: list[str]) -> dict[str, float]:  # fmt: skip
-    """Seconds of each step around the model for one image, in this thread (medians of 3 runs)."""
-    times: dict[str, list[float]] = {}
+                  kinds: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Seconds of each step around the model for one image, in this thread (medians of 3 runs), and under
+    ``"_summary"`` a line on the predicted labels."""
+    times: dict[str, list[Any]] = {}
 
     def timed(stage: str, call: Callable[[], Any]) -> Any:
         clock = time.perf_counter()
@@ -185,7 +191,10 @@ def stage_seconds(subject: Subject, image_path: Path, label_path: Path, dump_dir
             batch = {"image": tensor, "label": label, "name": [image_path.stem], "image_path": [str(image_path)]}
             extras = {"batch": batch, "scores": scores, "are_probabilities": False, "output": None}
             timed("dump", lambda: outputs([image_path.stem], labels.numpy(), extras))
-    return {stage: statistics.median(values) for stage, values in times.items()}
+    counts = np.bincount(labels.numpy().reshape(-1), minlength=256)
+    times["_summary"] = [f"first scene: {np.count_nonzero(counts)} classes predicted, the largest on "
+                         f"{counts.max() / counts.sum():.0%} of the pixels"]  # fmt: skip
+    return {stage: values[0] if stage == "_summary" else statistics.median(values) for stage, values in times.items()}
 
 
 def _machine_line(threads: int, load_start: float) -> str:
@@ -200,10 +209,10 @@ def format_table(args: argparse.Namespace, subject: Subject, rows: dict[str, flo
     """The printed (and `--out`) report: header, stage table, throughput table, verdict."""
     count = args.images
     lines = [f"eval throughput: {subject.description}", f"input: {count} synthetic scenes {args.height}x{args.width} "
-             f"(folder dataset, loader workers {args.workers}), dumps {args.dump_kinds}",
+             f"(folder dataset, loader workers {args.workers}), dumps {args.dump_kinds}; {stages['_summary']}",
              _machine_line(args.threads, load_start), "",
              f"{'stage (first image, this thread)':<36} {'median s':>9}"]  # fmt: skip
-    lines += [f"{stage:<36} {seconds:>9.3f}" for stage, seconds in stages.items()]
+    lines += [f"{stage:<36} {seconds:>9.3f}" for stage, seconds in stages.items() if stage != "_summary"]
     model = rows["model alone"]
     lines += ["", f"{'run':<36} {'s/image':>8} {'images/s':>9} {'outside the model':>18}"]
     for name, seconds in rows.items():
@@ -245,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="attnseg-evalbench-") as tmp:
         folder = Path(tmp)
         root = write_dataset(folder / "data", args.images, args.height, args.width)
-        subject = load_subject(args, folder)
+        first = cv2.cvtColor(cv2.imread(str(root / "val" / "images" / "scene0.png")), cv2.COLOR_BGR2RGB)
+        subject = load_subject(args, folder, first)
         data_cfg = DataConfig(dataset="folder", root=str(root), mean=subject.mean, std=subject.std)
         dataset = build_eval_dataset(data_cfg, "val", 19)
         loader = build_eval_loader(data_cfg, "val", num_workers=args.workers, dataset=dataset)
