@@ -39,11 +39,13 @@ def test_eval_throughput_table(tmp_path, backend):
     out = run_script("--images", "2", "--height", "64", "--width", "128", "--model",
                      "mscale_ocr_hrnet_w18_small_v1", "--threads", "1", "--workers", "1", "--backend", backend,
                      "--out", str(table), cwd=tmp_path)
-    assert header_after(out, "run") == ["run", "s/image", "images/s", "outside", "the", "model"]
+    assert header_after(out, "run") == ["run", "s/image", "images/s", "forward", "s/image", "outside", "the", "model"]
     rows = _table(out)
     assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined"]
     model_seconds = float(rows["model alone"][0])
-    for name, (seconds, per_second, share) in ((n, r) for n, r in rows.items() if n != "model alone"):
+    assert rows["model alone"][0] == rows["model alone"][2]  # alone, the run is all forward
+    for name, (seconds, per_second, forward, share) in ((n, r) for n, r in rows.items() if n != "model alone"):
+        assert 0 < float(forward) < float(seconds)
         # (eval - model) / model, from per-image seconds rounded to 3 decimals
         assert 1 + float(share.rstrip("%")) / 100 == pytest.approx(float(seconds) / model_seconds, rel=0.05)
         assert float(per_second) == pytest.approx(1 / float(seconds), rel=0.02)

@@ -101,7 +101,8 @@ def _batches(count=4, height=24, width=40):
 
 def _collect(record):
     def on_prediction(names, predictions, extras):
-        record.append((names[0], predictions.copy(), threading.current_thread().name, torch.is_inference_mode_enabled()))
+        thread = threading.current_thread().name
+        record.append((names[0], predictions.copy(), thread, torch.is_inference_mode_enabled()))
 
     return on_prediction
 
