@@ -340,8 +340,11 @@ def _evaluate_batches(
         # Read ahead while the model runs (a DataLoader's workers decode; this thread takes their batches in).
         batches = stack.enter_context(Prefetcher(loader)) if pipeline else loader
         deliver = on_prediction
-        if pipeline and on_prediction is not None:  # dumps and submission PNGs are written behind the model
-            deliver = partial(stack.enter_context(BackgroundWriter()).submit, _in_inference_mode, on_prediction)
+        if pipeline and on_prediction is not None:
+            # Dumps and submission PNGs are written behind the model. One batch in the writer at a time: its
+            # extras hold the full-size scores (160 MB for 19x1024x2048, more with per-scale outputs).
+            writer = stack.enter_context(BackgroundWriter(max_pending=1))
+            deliver = partial(writer.submit, _in_inference_mode, on_prediction)
         total = len(loader) if hasattr(loader, "__len__") else None
         for batch in _progress_bar(batches, progress, total):
             images = batch["image"].to(device, non_blocking=True)
