@@ -27,7 +27,7 @@ def header_after(out: str, first_word: str) -> list[str]:
 def _table(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
-        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined"):
+        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined", "pipelined, no dumps"):
             if line.startswith(name + " "):
                 rows[name] = line[len(name):].split()
     return rows
@@ -42,7 +42,8 @@ def test_eval_throughput_table(tmp_path, backend):
     assert header_after(out, "run") == ["run", "s/image", "images/s", "forward", "s/image", "outside", "the", "model",
                                         "CPU", "s/image", "outside,", "CPU"]
     rows = _table(out)
-    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined"]
+    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined",
+                          "pipelined, no dumps"]
     model_seconds, model_cpu = float(rows["model alone"][0]), float(rows["model alone"][4])
     assert rows["model alone"][0] == rows["model alone"][2]  # alone, the run is all forward
 

@@ -8,7 +8,8 @@ the same images, one after the other:
 - ``eval, before``: `evaluate_model` one step after the other with the labels and counts of the code before the
   pipelining (max over the channels of NCHW scores, confusion counts on long tensors);
 - ``eval, --no-pipeline``: one step after the other, with today's labels and counts;
-- ``eval, pipelined``: the default (batches read ahead in a thread, dumps written behind the model).
+- ``eval, pipelined``: the default (batches read ahead in a thread, dumps written behind the model);
+- ``pipelined, no dumps``: the same without ``--dump`` (data, labels and counts only).
 
 Every eval row includes the loader (`--workers` processes decode and normalise, as ``eval.num_workers``), labels,
 confusion counts and the dumps `attnseg eval --dump` writes (`--dump-kinds`). The share outside the model is
@@ -189,14 +190,16 @@ def time_model_alone(subject: Subject, batches: list[dict[str, Any]]) -> Measure
     return measure(subject.module, run)
 
 
-def time_eval(subject: Subject, loader: Any, dump_dir: Path, kinds: list[str], *, pipeline: bool) -> Measurement:
-    """A whole `evaluate_model` run with the eval loader and dumps (what `attnseg eval` times); the forwards' own
-    time shows how much the work beside them slows them down."""
+def time_eval(subject: Subject, loader: Any, dump_dir: Path | None, kinds: list[str], *,
+              pipeline: bool) -> Measurement:  # fmt: skip
+    """A whole `evaluate_model` run with the eval loader and dumps into `dump_dir` (None: none), what `attnseg eval`
+    times; the forwards' own time shows how much the work beside them slows them down."""
     outputs = EvalOutputs(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, subject.mean, subject.std, dump_dir=dump_dir,
                           dump_kinds=kinds)  # fmt: skip
     recipe = subject.recipe
     return measure(subject.module, lambda: evaluate_model(subject.module, loader, 19, scales=recipe.scales,
-                                                          progress=False, on_prediction=outputs, pipeline=pipeline))
+                                                          progress=False, on_prediction=outputs or None,
+                                                          pipeline=pipeline))  # fmt: skip
 
 
 def time_rows(subject: Subject, loader: Any, batches: list[dict[str, Any]], folder: Path, kinds: list[str],
@@ -208,6 +211,7 @@ def time_rows(subject: Subject, loader: Any, batches: list[dict[str, Any]], fold
         "eval, before": lambda: _before(lambda: time_eval(subject, loader, folder / "dump0", kinds, pipeline=False)),
         "eval, --no-pipeline": lambda: time_eval(subject, loader, folder / "dump1", kinds, pipeline=False),
         "eval, pipelined": lambda: time_eval(subject, loader, folder / "dump2", kinds, pipeline=True),
+        "pipelined, no dumps": lambda: time_eval(subject, loader, None, kinds, pipeline=True),
     }
     rows: dict[str, list[Measurement]] = {name: [] for name in runs}
     for round_index in range(rounds):
