@@ -145,3 +145,14 @@ def test_threads_follow_the_free_cores():
     assert choose_threads(2, 2, 2.0).threads == 1  # never below one
     assert choose_threads(None, 8, 3.0).threads == 5
     assert choose_threads(4, 2, None).threads == 2  # never more than the affinity mask allows
+
+
+def test_eval_fp16_is_refused_off_cuda_before_training():
+    from attnseg.config.schema import EvalConfig, ExperimentConfig
+    from attnseg.errors import ConfigError
+    from attnseg.hardware import resolve_experiment_precision
+
+    config = ExperimentConfig(eval=EvalConfig(precision="fp16"))
+    with pytest.raises(ConfigError, match="eval.precision fp16: fp16 evaluation needs a CUDA device, not cpu"):
+        resolve_experiment_precision(config, "cpu", log=lambda line: None)
+    assert resolve_experiment_precision(config, "cuda", log=lambda line: None).eval.precision == "fp16"

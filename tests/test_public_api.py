@@ -5,7 +5,7 @@ import attnseg
 
 def test_public_api_names():
     for name in ["create_model", "list_models", "convert_state_dict", "load_weights", "load_pretrained", "load_model",
-                 "save_checkpoint", "Predictor", "SegmentationOutput"]:  # fmt: skip
+                 "save_checkpoint", "Predictor", "Prediction", "SegmentationOutput"]:  # fmt: skip
         assert hasattr(attnseg, name), name
         assert name in attnseg.__all__, name
 

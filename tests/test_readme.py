@@ -74,6 +74,8 @@ RUNS: dict[str, Run] = {
     "attnseg eval configs/paddle_cityscapes_sota.yaml --weights weights/paddle_mscale --scales diff:0.5:2.5:0.5 "
     "--flip": Run(append=tuple(_TINY_EVAL)),
     "attnseg eval configs/psanet_r50_cityscapes_80k.yaml --weights weights/psanet_r50_vd": Run(append=tuple(_TINY_EVAL)),
+    "attnseg eval configs/psanet_r50_cityscapes_80k.yaml --weights weights/psanet_r50_vd --dump dumps/psanet "
+    "--dump-kinds none --dump-topn 5": Run(append=tuple(_TINY_EVAL)),
     "attnseg train configs/nvidia_cityscapes_fine.yaml --out runs/fine": Run(append=tuple(_MSCALE_TRAIN)),
     "torchrun --nproc_per_node=8 -m attnseg train configs/nvidia_cityscapes_sota.yaml --out runs/sota":
         Run({"--nproc_per_node=8": "--standalone --nproc_per_node=2"},
@@ -87,6 +89,7 @@ RUNS: dict[str, Run] = {
         Run(append=(*_MSCALE_TRAIN, "train.iters=3")),
     "attnseg print-config configs/paddle_cityscapes_sota.yaml train.lr=0.005": Run(),
     "attnseg predict runs/demo photos/ clip.mp4 'more/*.jpg' --out predictions --overlay": Run(),
+    "attnseg predict runs/demo photos/ --out maps --confidence --attention": Run(),
     "attnseg export runs/demo --format onnx --out model.onnx --output argmax --scales 0.5,1.0,2.0 --dynamic":
         Run(append=("--input-shape", "1", "3", "64", "128")),
     "attnseg predict model.onnx images/ --backend onnxruntime --out predictions": Run(),

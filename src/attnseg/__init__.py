@@ -7,6 +7,7 @@ Public API:
     load_weights, load_pretrained  -- load NVIDIA / PaddleSeg / semseg / native checkpoints (`attnseg.weights`)
     save_checkpoint, load_model    -- native .safetensors + .json sidecar checkpoints (`attnseg.weights`)
     Predictor                      -- checkpoint -> image segmenter (`attnseg.inference.predictor`, imported lazily)
+    Prediction                     -- what `Predictor.predict` returns: labels, probabilities, confidence, attention
 """
 
 from attnseg._version import __version__
@@ -15,13 +16,13 @@ from attnseg.weights import LoadReport, convert_state_dict, load_model, load_pre
 
 __all__ = ["SegmentationOutput", "create_model", "list_models", "__version__"]
 __all__ += ["LoadReport", "convert_state_dict", "load_model", "load_pretrained", "load_weights", "save_checkpoint"]
-__all__ += ["Predictor"]
+__all__ += ["Predictor", "Prediction"]
 
 
 def __getattr__(name: str):
     # Predictor pulls in OpenCV and the inference stack; import it only when asked for.
-    if name == "Predictor":
-        from attnseg.inference.predictor import Predictor
+    if name in ("Predictor", "Prediction"):
+        from attnseg.inference import predictor
 
-        return Predictor
+        return getattr(predictor, name)
     raise AttributeError(f"module 'attnseg' has no attribute {name!r}")

@@ -309,9 +309,17 @@ def choose_precision(requested: str, device: str = "cpu", *, what: str = "precis
 
 def resolve_experiment_precision(config, device: str = "cpu", log: Callable[[str], None] | None = None):
     """`config` (an `ExperimentConfig`) with ``train.precision`` and ``eval.precision`` resolved for `device` and
-    announced; explicit values stay as they are (emulated ones warn)."""
+    announced; explicit values stay as they are (emulated ones warn).
+
+    Raises:
+        ConfigError: ``eval.precision: fp16`` off CUDA (refused before training, not at its first evaluation).
+    """
     import dataclasses
 
+    if config.eval.precision == "fp16" and device != "cuda":
+        from attnseg.errors import ConfigError
+
+        raise ConfigError(f"eval.precision fp16: fp16 evaluation needs a CUDA device, not {device}; use fp32 or bf16")
     if device != "cuda" and config.train.precision == config.eval.precision:  # one line for both
         train = evaluation = choose_precision(config.train.precision, device, what="precision", log=log)
     else:

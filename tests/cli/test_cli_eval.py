@@ -81,3 +81,46 @@ def test_eval_config_errors_are_reported(setup, capsys):
     code = main(["eval", str(config), "--weights", str(work / "run"), "--scales", "0.5,1.0", "--no-progress"])
     assert code == 2
     assert "multi_scale='average'" in capsys.readouterr().err
+
+
+def _image_miou(prediction, label, num_classes=19):
+    """Mean IoU over the classes in the image's ground truth or prediction, counted here without attnseg."""
+    valid = label != 255
+    ious = []
+    for c in range(num_classes):
+        union = np.sum(((label == c) | (prediction == c)) & valid)
+        if union:
+            ious.append(np.sum((label == c) & (prediction == c) & valid) / union)
+    return float(np.mean(ious))
+
+
+def test_eval_dump_topn_confidence_and_json(setup, capsys):
+    import cv2
+
+    from attnseg.data.labels import id_to_train_id
+
+    root, work, config = setup
+    dump = work / "topn_dump"
+    code = main(["eval", str(config), "--weights", str(work / "run"), "--dump", str(dump), "--dump-kinds",
+                 "trainIds,confidence", "--dump-topn", "1", "--json", str(work / "m3.json"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    scores = {}
+    for path in sorted((dump / "trainIds").glob("*.png")):
+        truth = root / "gtFine" / "val" / path.stem.split("_")[0] / f"{path.stem}_gtFine_labelIds.png"
+        scores[path.stem] = _image_miou(cv2.imread(str(path), cv2.IMREAD_UNCHANGED),
+                                        id_to_train_id[cv2.imread(str(truth), cv2.IMREAD_UNCHANGED)])
+        confidence = cv2.imread(str(dump / "confidence" / path.name), cv2.IMREAD_UNCHANGED)
+        assert confidence.shape == (64, 128) and confidence.min() >= 255 // 19  # top of 19 probabilities >= 1/19
+    assert len(scores) == 2 and len(set(scores.values())) == 2
+    worst = min(scores, key=scores.get)
+    files = [p.name for p in (dump / "topn" / "overall").iterdir()]
+    assert files == [f"01_{worst}.png"]
+    index = json.loads((dump / "topn" / "topn.json").read_text())
+    assert index["overall"][0]["iou"] == pytest.approx(scores[worst], abs=1e-12) and index["n"] == 1
+    assert json.loads((work / "m3.json").read_text())["worstImages"] == index["overall"]
+    table = out[out.index("worst 1 images"):].splitlines()
+    assert table[2].split() == ["1", f"{scores[worst]:.4f}", index["overall"][0]["image"]]
+    strip = cv2.imread(str(dump / "topn" / "overall" / files[0]))
+    assert strip.shape == (64, 3 * 128, 3)
+    assert sorted(p.name for p in dump.iterdir()) == ["confidence", "topn", "trainIds"]

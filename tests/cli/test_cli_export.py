@@ -95,3 +95,48 @@ def test_eval_with_onnxruntime_backend_equals_pytorch(work, tmp_path, capsys):
 def test_export_rejects_unknown_weights(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.onnx")]) != 0
     assert "neither a checkpoint" in capsys.readouterr().err
+
+
+def test_confidence_through_exports_softmax_gives_it_argmax_refuses(work, tmp_path, capsys):
+    from attnseg.data.synthetic import make_synthetic_dataset
+    from attnseg.export.onnx import export_onnx
+    from attnseg.weights import load_model
+
+    model, sidecar = load_model(work / "run" / "checkpoints" / "best")
+    image = str(work / "scene.png")
+    for output in ("softmax", "argmax"):
+        export_onnx(model, tmp_path / f"{output}.onnx", (1, 3, 64, 96), output=output, sidecar=sidecar)
+    assert main(["predict", str(work / "run"), image, "--out", str(tmp_path / "t"), "--confidence",
+                 "--no-progress"]) == 0
+    assert main(["predict", str(tmp_path / "softmax.onnx"), image, "--out", str(tmp_path / "s"), "--confidence",
+                 "--backend", "onnxruntime", "--no-progress"]) == 0
+    expected = cv2.imread(str(tmp_path / "t" / "scene_confidence.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    actual = cv2.imread(str(tmp_path / "s" / "scene_confidence.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    assert np.abs(actual - expected).max() <= 1 and expected.std() > 1  # not softmaxed twice (that flattens it)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "argmax.onnx"), image, "--out", str(tmp_path / "a"), "--confidence",
+                 "--backend", "onnxruntime", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--confidence" in err[0] and "--output softmax" in err[0]
+    assert not (tmp_path / "a").exists()
+    # eval: an argmax export's dumps leave confidence out by default and refuse it by name
+    root = make_synthetic_dataset(tmp_path / "cs", num_train=0, num_val=1, height=64, width=128)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  name: psanet_r18_narrow\ndata:\n  root: {root}\n  num_workers: 0\n"
+                      "eval:\n  num_workers: 0\n")
+    export_onnx(model, tmp_path / "argmax128.onnx", (1, 3, 64, 128), output="argmax", sidecar=sidecar)
+    command = ["eval", str(config), "--weights", str(tmp_path / "argmax128.onnx"), "--backend", "onnxruntime",
+               "--no-progress", "--dump"]
+    assert main([*command, str(tmp_path / "d1")]) == 0
+    assert sorted(p.name for p in (tmp_path / "d1").iterdir()) == ["color", "compare", "labelIds", "overlay"]
+    assert main([*command, str(tmp_path / "d2"), "--dump-kinds", "color,confidence"]) == 2
+    assert "--dump-kinds confidence" in capsys.readouterr().err and not (tmp_path / "d2").exists()
+    # a softmax export's eval confidence is the checkpoint's (its probabilities are fused as their log)
+    export_onnx(model, tmp_path / "softmax128.onnx", (1, 3, 64, 128), output="softmax", sidecar=sidecar)
+    maps = {}
+    for backend, weights in (("torch", work / "run"), ("onnxruntime", tmp_path / "softmax128.onnx")):
+        assert main(["eval", str(config), "--weights", str(weights), "--backend", backend, "--flip", "--no-progress",
+                     "--dump", str(tmp_path / backend), "--dump-kinds", "confidence"]) == 0
+        (path,) = (tmp_path / backend / "confidence").glob("*.png")
+        maps[backend] = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(int)
+    assert np.abs(maps["onnxruntime"] - maps["torch"]).max() <= 1 and maps["torch"].std() > 1

@@ -187,3 +187,51 @@ def test_missing_input_is_reported(tmp_path, weights, capsys):
     code = main(["predict", str(weights), str(tmp_path / "nothing*.png"), "--out", str(tmp_path / "o"),
                  "--no-progress"])
     assert code == 1 and "no such file" in capsys.readouterr().err
+
+
+def test_confidence_with_and_without_windows_and_attention_refused_for_a_plain_model(tmp_path, weights, capsys):
+    from attnseg.inference.confidence import unit_to_uint8
+    from attnseg.inference.predictor import Predictor
+
+    cv2.imwrite(str(tmp_path / "a.png"), _image(0)[..., ::-1])
+    for extra in ([], ["--slide", "--crop", "12,12", "--stride", "8,8"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["predict", str(weights), str(tmp_path / "a.png"), "--out", str(out), "--confidence",
+                     "--no-progress", *extra]) == 0, capsys.readouterr().err
+        predictor = Predictor.from_weights(weights, device="cpu", slide=bool(extra), crop_size=(12, 12) if extra
+                                           else None, stride=(8, 8) if extra else None)  # fmt: skip
+        expected = predictor.predict(_image(0), confidence=True).confidence
+        confidence = _labels(out / "a_confidence.png")
+        assert confidence.shape == (20, 30) and np.array_equal(confidence, unit_to_uint8(expected))
+        assert confidence.min() >= 255 // 19 and len(np.unique(confidence)) > 10
+    capsys.readouterr()
+    code = main(["predict", str(weights), str(tmp_path / "a.png"), "--out", str(tmp_path / "no"), "--attention",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--attention" in err[0] and "TinyNet does not fuse scales" in err[0]
+    assert not (tmp_path / "no").exists()
+
+
+def test_attention_maps_of_an_mscale_checkpoint(tmp_path, capsys):
+    from attnseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mscale_ocr_hrnet_w18_small", num_classes=19, eval_scales=(0.5, 1.0))
+    save_checkpoint(tmp_path / "m" / "best", model, "mscale_ocr_hrnet_w18_small", {"eval_scales": [0.5, 1.0]},
+                    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    cv2.imwrite(str(tmp_path / "a.png"), _image(4)[..., ::-1])
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "m" / "best"), str(tmp_path / "a.png"), "--out", str(out), "--attention",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_attn_0.5x.png", "a_color.png", "a_labels.png",
+                                                     "a_pred_0.5x.png", "a_pred_1x.png"]
+    from attnseg.inference.confidence import unit_to_uint8
+    from attnseg.inference.predictor import Predictor
+
+    expected = Predictor.from_weights(tmp_path / "m" / "best", device="cpu").predict(_image(4), attention=True)
+    attention = _labels(out / "a_attn_0.5x.png")
+    assert attention.shape == (10, 15) and np.array_equal(attention, unit_to_uint8(expected.attention[0.5]))
+    assert np.array_equal(_labels(out / "a_pred_1x.png")[..., ::-1], CITYSCAPES_PALETTE[expected.scale_labels[1.0]])
+    code = main(["predict", str(tmp_path / "m" / "best"), str(tmp_path / "a.png"), "--out", str(tmp_path / "s"),
+                 "--attention", "--scales", "1.0", "--no-progress"])
+    assert code == 2 and "single scale" in capsys.readouterr().err

@@ -111,6 +111,14 @@ CASES = [
     (PREDICT + ["--scales", "1000"], ["--scales", "1000", "16384 px per side"]),
     (PREDICT + ["--slide", "--crop", "32,64", "--stride", "40,64"], ["--stride", "40,64", "larger than --crop"]),
     (PREDICT + ["--max-memory", "lots"], ["--max-memory", "'lots'", "K, M, G or T"]),
+    (PREDICT + ["--precision", "fp16"], ["--precision fp16", "needs a CUDA device", "use fp32 or bf16 on CPU"]),
+    (PREDICT + ["--precision", "fp16", "--backend", "onnxruntime"], ["--precision fp16", "onnxruntime backend"]),
+    (PREDICT + ["--attention", "--slide"], ["--attention with --slide", "not assembled"]),
+    (PREDICT + ["--attention"], ["--attention ({run})", "single scale [1.0]", "--scales 0.5,1.0"]),
+    (EVAL + ["--precision", "fp16"], ["--precision fp16", "needs a CUDA device", "use fp32 or bf16 on CPU"]),
+    (EVAL + ["eval.precision=fp16"], ["eval.precision fp16", "needs a CUDA device"]),
+    (EVAL + ["--dump-topn", "0"], ["--dump-topn", "'0'", "positive"]),
+    (EVAL + ["--dump-kinds", "color,nosuch"], ["--dump-kinds color,nosuch", "unknown nosuch", "confidence"]),
     (EXPORT + ["--scales", "1000"], ["--scales", "1000", "16384 px per side"]),
     (EXPORT + ["--input-shape", "1", "3", "100000", "100000"], ["--input-shape", "100000", "16384 px per side"]),
     (EXPORT + ["--input-shape", "1", "3", "1024", "2048", "--scales", "1,16"],
@@ -175,3 +183,14 @@ def test_a_sub_command_module_that_fails_to_import_is_not_skipped(monkeypatch):
     monkeypatch.setattr(cli_main, "COMMAND_MODULES", (*cli_main.COMMAND_MODULES, "no_such_command"))
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         cli_main.build_parser()
+
+
+def test_fp16_passes_the_check_on_cuda_only_with_the_torch_backend():
+    from attnseg.cli.arguments import check_fp16
+    from attnseg.errors import ConfigError
+
+    check_fp16("fp16", "cuda")  # the CUDA run itself needs a GPU, which these tests do not have
+    check_fp16("bf16", "cpu")
+    check_fp16(None, "cpu")
+    with pytest.raises(ConfigError, match="openvino backend"):
+        check_fp16("fp16", "cuda", "openvino")

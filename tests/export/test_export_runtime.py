@@ -99,7 +99,7 @@ def test_prepare_fast_model_keeps_the_module():
 
 
 def test_openvino_ir_fp32_parity_and_bf16_agreement(calibrated_psanet, psanet_onnx, tmp_path):
-    pytest.importorskip("openvino")
+    openvino = pytest.importorskip("openvino")
     from attnseg.export.openvino import export_openvino
     from attnseg.export.runtime import OpenVinoBackend
 
@@ -111,7 +111,10 @@ def test_openvino_ir_fp32_parity_and_bf16_agreement(calibrated_psanet, psanet_on
     assert isinstance(fp32, OpenVinoBackend)
     assert relative_error(fp32(images), expected) <= 1e-4
     bf16 = OpenVinoBackend(tmp_path / "psanet.xml", "bf16")
-    assert relative_error(bf16(images), expected) > 1e-4, "the bf16 hint must really change the arithmetic"
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert relative_error(bf16(images), expected) > 1e-4, "the bf16 hint must really change the arithmetic"
+    else:  # an AVX2-only CPU: OpenVINO compiles the bf16 hint to fp32 (the machine kind's CPU varies)
+        assert relative_error(bf16(images), expected) <= 1e-4
     assert label_agreement(bf16.labels(images), expected.argmax(1)) >= 0.8
 
 

@@ -176,3 +176,24 @@ def test_bf16_runs_only_the_model_in_bf16():
     assert seen == [torch.bfloat16, torch.bfloat16]
     assert result.scores.dtype == torch.float32 and result.are_probabilities
     torch.testing.assert_close(result.scores.sum(1), torch.ones(1, 4, 6))
+
+
+def test_fp16_is_float16_autocast_on_cuda_and_refused_elsewhere():
+    """The CUDA path itself needs a GPU (not in this test run); what decides it is checked here: the dtype chosen
+    for each device type, and the refusal on CPU before any pass."""
+    from attnseg.config.schema import EvalConfig
+    from attnseg.inference.evaluate import InferenceRecipe, autocast_dtype, predict_scores
+
+    assert autocast_dtype("fp16", "cuda") is torch.float16
+    assert autocast_dtype("bf16", "cuda") is torch.bfloat16 and autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert autocast_dtype("fp32", "cuda") is None
+    for device_type in ("cpu", "mps"):
+        with pytest.raises(ConfigError, match=f"fp16 evaluation needs a CUDA device, not {device_type}"):
+            autocast_dtype("fp16", device_type)
+    with pytest.raises(ConfigError, match="'fp32', 'bf16' or 'fp16'"):
+        autocast_dtype("int8", "cuda")
+    assert EvalConfig(precision="fp16").precision == "fp16"
+    calls = []
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        predict_scores(lambda x: calls.append(x), torch.randn(1, 3, 4, 6), InferenceRecipe(precision="fp16"), 4)
+    assert calls == []  # refused before the model ran

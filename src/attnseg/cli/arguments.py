@@ -100,8 +100,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion", choices=("softmax", "logits"), default=None,
         help="how flip/averaged passes combine: mean of softmax (PaddleSeg <= 2.7) or logits (NVIDIA, PaddleSeg 2.8)",
     )  # fmt: skip
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                        help="model precision: bf16 autocast, or auto (bf16 where the CPU runs it natively)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=None,
+                        help="model precision: bf16 autocast, fp16 autocast (CUDA only), or auto (bf16 where the "
+                             "CPU runs it natively)")
     parser.add_argument("--device", type=torch_device, default=None,
                         help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -109,6 +110,39 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch: a checkpoint; onnxruntime/openvino: a file from `attnseg export` (its scales are in the graph)",
     )  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (first batch compiles)")
+
+
+def check_fp16(precision: str | None, device_type: str, backend: str = "torch", flag: str = "--precision") -> None:
+    """Refuse fp16 inference where it cannot run, before anything is loaded or written.
+
+    Args:
+        precision: the requested precision (None: not given).
+        device_type: where the model would run (``"cpu"``, ``"cuda"``, ...).
+        backend: ``"torch"`` or an exported model's runtime (those run on the CPU in fp32 / bf16).
+        flag: how the setting is named in the message (``--precision`` or ``eval.precision``).
+
+    Raises:
+        ConfigError: fp16 off CUDA or on an exported backend.
+    """
+    from attnseg.errors import ConfigError
+
+    if precision != "fp16":
+        return
+    if backend != "torch":
+        raise ConfigError(f"{flag} fp16: the {backend} backend runs on the CPU in fp32 or bf16; fp16 needs the "
+                          "checkpoint (--backend torch) on a CUDA device")  # fmt: skip
+    if device_type != "cuda":
+        raise ConfigError(f"{flag} fp16: fp16 inference needs a CUDA device (this run uses {device_type}); "
+                          "use fp32 or bf16 on CPU")  # fmt: skip
+
+
+def default_device_type(device: str | None) -> str:
+    """The device type a command runs on: that of ``--device``, else cuda when available, else cpu."""
+    import torch
+
+    if device:
+        return torch.device(device).type
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def torch_device(text: str) -> str:

@@ -15,7 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attnseg.cli.arguments import add_recipe_arguments, check_output_file, non_negative_int, positive_int, size_pair
+from attnseg.cli.arguments import (
+    add_recipe_arguments,
+    check_fp16,
+    check_output_file,
+    default_device_type,
+    non_negative_int,
+    positive_int,
+    size_pair,
+)
+
+DEFAULT_DUMP_KINDS = "color,overlay,labelIds,compare,confidence"  # attnseg.inference.dump.DEFAULT_DUMP_KINDS
 
 # Which command-line flag sets each `EvalConfig` field, to name the flag when a value is refused.
 FLAG_OF_FIELD = {"split": "--split", "scales": "--scales", "multi_scale": "--multi-scale", "flip": "--flip",
@@ -42,11 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="images per batch (default: eval.batch_size)")
     parser.add_argument("--workers", type=non_negative_int, default=None,
                         help="loader workers (default: eval.num_workers)")
-    parser.add_argument("--dump", type=Path, default=None, help="write colour/overlay/labelIds/compare images here")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write colour/overlay/labelIds/compare/confidence images here")
     parser.add_argument(
-        "--dump-kinds", default="color,overlay,labelIds,compare",
-        help="comma list of color,overlay,trainIds,labelIds,compare,scales (scales = MscaleOCR attention maps)",
+        "--dump-kinds", default=DEFAULT_DUMP_KINDS,
+        help="comma list of color,overlay,trainIds,labelIds,compare,confidence,scales (scales = MscaleOCR attention "
+             "maps), or none (with --dump-topn: only the top-N strips)",
     )  # fmt: skip
+    parser.add_argument("--dump-topn", type=positive_int, default=None, metavar="N",
+                        help="find the N images with the lowest image mIoU and, per class, the lowest IoU; print the "
+                             "worst N and, with --dump, write their input|truth|prediction strips to DIR/topn/")
     parser.add_argument("--submission", type=Path, default=None, help="write Cityscapes server labelId PNGs here")
     parser.add_argument("--json", type=Path, default=None, help="write metrics and the recipe as JSON (a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -99,6 +114,7 @@ class EvalSetup:
     data_cfg: Any
     model: Any  # attnseg.inference.eval_job.EvalModel
     dataset: Any
+    dump_kinds: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -149,6 +165,8 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     config = load_config(args.config, args.overrides)
     eval_cfg = eval_config_from_args(config.eval, args)
     check_output_file(args.json, "--json")
+    check_fp16(eval_cfg.precision, default_device_type(args.device), getattr(args, "backend", "torch"),
+               "--precision" if args.precision is not None else "eval.precision")  # fmt: skip
     model, eval_cfg = _load_model(args, config.model, eval_cfg)
     data_cfg = config.data
     if model.mean is not None:  # a native checkpoint knows how it was trained to be fed
@@ -166,11 +184,39 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
             raise ConfigError(f"{scales_flag}: {error}") from None
     # The recipe's own errors (a window without a size, scales the model cannot fuse) now, before any output folder.
     model_forward(model.module, recipe_of(eval_cfg))
+    dump_kinds = _dump_kinds(args, model)
+    if getattr(args, "dump_topn", None) and len(dataset) and dataset[0].get("label") is None:
+        raise ConfigError(f"--dump-topn {args.dump_topn}: {data_cfg.dataset}:{eval_cfg.split} has no labels to "
+                          "score images against")  # fmt: skip
     if getattr(args, "backend", "torch") == "torch":
         from attnseg.inference.fast_path import apply_fast_path
 
         apply_fast_path(model.module, eval_cfg.precision, model.device, compile=bool(getattr(args, "compile", False)))
-    return EvalSetup(eval_cfg, data_cfg, model, dataset)
+    return EvalSetup(eval_cfg, data_cfg, model, dataset, dump_kinds)
+
+
+def _dump_kinds(args: argparse.Namespace, model) -> list[str]:
+    """The kinds --dump writes: --dump-kinds (``none``: nothing), without ``confidence`` for an export that outputs
+    argmax ids (refused when asked for by name).
+
+    Raises:
+        ConfigError: an unknown kind, or ``confidence`` named for a labels-only export.
+    """
+    from attnseg.errors import ConfigError
+    from attnseg.inference.dump import DUMP_KINDS
+
+    text = getattr(args, "dump_kinds", DEFAULT_DUMP_KINDS)
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip() and kind.strip() != "none"]
+    unknown = [kind for kind in kinds if kind not in DUMP_KINDS]
+    if unknown:
+        raise ConfigError(f"--dump-kinds {text}: unknown {', '.join(unknown)}; choose from {', '.join(DUMP_KINDS)} "
+                          "or none")  # fmt: skip
+    if "confidence" in kinds and not model.gives_probabilities:
+        if text != DEFAULT_DUMP_KINDS:
+            raise ConfigError(f"--dump-kinds confidence: {args.weights} outputs argmax class ids, which carry no "
+                              "probabilities; export it again with `attnseg export ... --output softmax`")
+        kinds.remove("confidence")
+    return kinds
 
 
 def recipe_of(eval_cfg):
@@ -191,9 +237,9 @@ def run(args: argparse.Namespace) -> int:
     eval_cfg, data_cfg, dataset = setup.eval_cfg, setup.data_cfg, setup.dataset
     loader = build_eval_loader(data_cfg, eval_cfg.split, batch_size=eval_cfg.batch_size,
                                num_workers=eval_cfg.num_workers, dataset=dataset)  # fmt: skip
-    kinds = [kind.strip() for kind in args.dump_kinds.split(",") if kind.strip()]
     outputs = EvalOutputs(setup.class_names, setup.model.palette, data_cfg.mean, data_cfg.std, dump_dir=args.dump,
-                          dump_kinds=kinds, submission_dir=args.submission)  # fmt: skip
+                          dump_kinds=setup.dump_kinds, submission_dir=args.submission, topn=args.dump_topn or 0,
+                          ignore_index=data_cfg.ignore_index)  # fmt: skip
     notes.flush()
     print(f"evaluating {setup.description} on {data_cfg.dataset}:{eval_cfg.split} ({len(dataset)} images), "
           f"scales {list(eval_cfg.scales)} {eval_cfg.multi_scale}, flip {eval_cfg.flip}, {eval_cfg.mode}, "
@@ -201,15 +247,17 @@ def run(args: argparse.Namespace) -> int:
     result = run_evaluation(setup.model, loader, recipe_of(eval_cfg), outputs=outputs,
                             ignore_index=data_cfg.ignore_index, progress=not args.no_progress,
                             pipeline=not args.no_pipeline)  # fmt: skip
-    _report(args, setup, result.metrics, result.seconds, outputs)
+    _report(args, setup, result, outputs)
     return 0
 
 
-def _report(args: argparse.Namespace, setup: EvalSetup, metrics, elapsed: float, outputs) -> None:
-    """Print the metrics, check the submission folder and write the JSON file."""
+def _report(args: argparse.Namespace, setup: EvalSetup, run, outputs) -> None:
+    """Print the metrics (and the worst images), check the submission folder and write the JSON file."""
     from attnseg.fileio import atomic_write_text
+    from attnseg.inference.topn import format_worst_table
     from attnseg.metrics import format_class_table, format_eval_log, metrics_to_json
 
+    metrics, elapsed = run.metrics, run.seconds
     eval_cfg, data_cfg, count = setup.eval_cfg, setup.data_cfg, len(setup.dataset)
     if metrics.num_pixels:
         print_eval_lines(format_eval_log(metrics))
@@ -217,14 +265,19 @@ def _report(args: argparse.Namespace, setup: EvalSetup, metrics, elapsed: float,
     else:
         print(f"split {eval_cfg.split!r} has no labels: predictions only, no metrics")
     print(f"evaluated {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} images/s)")
+    if run.worst is not None:
+        print(format_worst_table(run.worst["overall"]))
     if args.dump is not None:
-        print(f"wrote images to {args.dump}")
+        print(f"wrote images to {args.dump}" + (f" (worst {args.dump_topn}: {args.dump / 'topn'})"
+                                                if run.worst is not None else ""))  # fmt: skip
     # Against the split's image list when it is a Cityscapes folder, so a missed image is caught too.
     outputs.check_submission(data_cfg.root if data_cfg.dataset == "cityscapes" else None, eval_cfg.split)
     if args.json is not None:
         result = metrics_to_json(metrics, setup.class_names) if metrics.num_pixels else {"numImages": count}
         result["recipe"] = {"weights": setup.description, "split": eval_cfg.split, **_recipe_dict(eval_cfg)}
         result["seconds"] = elapsed
+        if run.worst is not None:
+            result["worstImages"] = run.worst["overall"]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -1,7 +1,11 @@
 """`attnseg predict WEIGHTS INPUT... --out DIR`: segment images, folders (recursively), globs and videos.
 
 Outputs per image: ``<name>_labels.png`` (raw 8-bit class ids), ``<name>_color.png`` (palette) and, with
-``--overlay``, ``<name>_overlay.png``; per video: ``<name>_overlay.mp4``.
+``--overlay``, ``<name>_overlay.png``; with ``--confidence``, ``<name>_confidence.png`` (top fused class probability
+p as round(255 * p), the encoding of `attnseg autolabel`'s ``_prob.png``); with ``--attention`` (MscaleOCR at two or
+more scales, whole images), each fused scale's ``<name>_attn_<s>x.png`` (attention, round(255 * a)) and
+``<name>_pred_<s>x.png`` (that scale's own prediction), as `attnseg eval --dump` writes them in ``scales/``. Per
+video: ``<name>_overlay.mp4``.
 
 Where outputs go (two inputs can never share an output):
   - Every input keeps its path relative to the deepest folder common to all inputs; a folder given as an argument
@@ -57,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--overlay", action="store_true", help="also write the prediction blended over the image")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="also write <name>_confidence.png: the top fused class probability, 0-255")
+    parser.add_argument("--attention", action="store_true",
+                        help="also write MscaleOCR's per-scale attention maps and predictions (<name>_attn_<s>x.png, "
+                             "<name>_pred_<s>x.png; not with sliding windows)")
     add_recipe_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-pipeline", action="store_true",
@@ -70,8 +79,10 @@ def validate(args: argparse.Namespace) -> None:
     """Refuse option combinations argparse cannot see, before any model is loaded or file written.
 
     Raises:
-        ConfigError: hierarchical fusion (the default) with scales lacking 1.0, or --alpha outside [0, 1].
+        ConfigError: hierarchical fusion (the default) with scales lacking 1.0, --alpha outside [0, 1], fp16 off
+            CUDA, or --attention with --slide.
     """
+    from attnseg.cli.arguments import check_fp16, default_device_type
     from attnseg.errors import ConfigError
     from attnseg.inference.scales import check_hierarchical_scales, format_scales
 
@@ -85,6 +96,10 @@ def validate(args: argparse.Namespace) -> None:
                           f"{args.crop[0]},{args.crop[1]} (windows would leave gaps)")
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha {args.alpha:g}: the overlay opacity must be in [0, 1]")
+    if args.attention and args.slide:
+        raise ConfigError("--attention with --slide: each window has its own per-scale attention and they are not "
+                          "assembled into one map; leave out --slide")  # fmt: skip
+    check_fp16(args.precision, default_device_type(args.device), getattr(args, "backend", "torch"))
 
 
 def _memory_size(text: str) -> int:
@@ -242,17 +257,24 @@ def assign_output_names(items: list[InputItem]) -> None:
         item.out_name = item.relative.name if index in whole else item.relative.stem
 
 
-def predict_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float) -> None:
-    """Write the label, colour and (optionally) overlay PNGs of one image."""
-    from attnseg.inference.dump import write_png
+def predict_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float, *, confidence: bool = False,
+                  attention: bool = False) -> None:  # fmt: skip
+    """Write the label, colour and (optionally) overlay, confidence and per-scale attention PNGs of one image."""
+    from attnseg.inference.confidence import unit_to_uint8
+    from attnseg.inference.dump import scale_map_images, write_png
     from attnseg.inference.predictor import read_image
 
     image = read_image(item.path)
-    labels = predictor(image)
+    prediction = predictor.predict(image, confidence=confidence, attention=attention)
+    labels = prediction.labels
     write_png(item.output(out_dir, "labels.png"), labels)
     write_png(item.output(out_dir, "color.png"), predictor.colorize(labels))
     if overlay:
         write_png(item.output(out_dir, "overlay.png"), predictor.overlay(image, labels, alpha))
+    if confidence:
+        write_png(item.output(out_dir, "confidence.png"), unit_to_uint8(prediction.confidence))
+    for suffix, picture in scale_map_images(prediction.attention, prediction.scale_labels, predictor.palette):
+        write_png(item.output(out_dir, f"{suffix}.png"), picture)
 
 
 def predict_video(predictor, item: InputItem, out_dir: Path, alpha: float, progress: bool) -> int:
@@ -323,10 +345,12 @@ def build_predictor(args: argparse.Namespace, log: _PlanLog):
     """The `Predictor` the options ask for (checkpoint or exported model), with its window settings."""
     import torch
 
+    from attnseg.cli.arguments import check_fp16
     from attnseg.hardware import resolve_backend_precision
 
     tiling = {"slide": bool(args.slide), "crop_size": args.crop, "stride": args.stride, "log": log}
     device_type = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+    check_fp16(args.precision, device_type, getattr(args, "backend", "torch"))  # autolabel comes here unvalidated
     args.precision = resolve_backend_precision(getattr(args, "backend", "torch"), args.precision, device_type)
     if getattr(args, "backend", "torch") != "torch":
         from attnseg.export.runtime import predictor_from_export
@@ -335,6 +359,7 @@ def build_predictor(args: argparse.Namespace, log: _PlanLog):
                                           multi_scale=args.multi_scale or "hierarchical", flip=bool(args.flip))
         for name, value in tiling.items():  # exported models get no memory estimate, only explicit windows
             setattr(predictor, name, value)
+        _check_outputs(predictor, args)
         return predictor
     from attnseg.inference.predictor import Predictor
 
@@ -347,7 +372,21 @@ def build_predictor(args: argparse.Namespace, log: _PlanLog):
 
     apply_fast_path(predictor.model, args.precision or "fp32", predictor.device,
                     compile=bool(getattr(args, "compile", False)))
+    _check_outputs(predictor, args)
     return predictor
+
+
+def _check_outputs(predictor, args: argparse.Namespace) -> None:
+    """Refuse --confidence / --attention that the model cannot give (`Predictor.check_outputs`), naming the flag
+    and the weights, before any input is read."""
+    from attnseg.errors import ConfigError
+
+    for flag, wanted in (("--confidence", {"probabilities": True}), ("--attention", {"attention": True})):
+        if getattr(args, flag[2:], False):
+            try:
+                predictor.check_outputs(**wanted)
+            except ConfigError as error:
+                raise ConfigError(f"{flag} ({args.weights}): {error}") from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -412,7 +451,8 @@ def run(args: argparse.Namespace) -> int:
             return predict_video(predictor, item, args.out, args.alpha, progress)
         shared = SerializedCalls(predictor, lock, free=("colorize", "overlay"),
                                  on_enter=lambda: log.start(str(item.path)))  # fmt: skip
-        return predict_image(shared, item, args.out, args.overlay, args.alpha)
+        return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
+                             attention=args.attention)  # fmt: skip
 
     window = 1 if args.no_pipeline else 2
     results = pipelined(collection.items, job, window=window, inline=lambda item: item.is_video)

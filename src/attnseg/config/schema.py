@@ -256,7 +256,8 @@ class EvalConfig:
     stride: tuple[int, int] | None = None
     batch_size: int = 1
     num_workers: int = 2
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: see TrainConfig.precision
+    # auto: see TrainConfig.precision; fp16 = float16 autocast, CUDA only (NVIDIA's Mapillary evaluation on 32 GB).
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
 
     def __post_init__(self) -> None:
         try:

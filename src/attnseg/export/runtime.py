@@ -34,6 +34,7 @@ from torch import nn
 
 from attnseg.errors import AttnsegError, WeightsError, require_optional
 from attnseg.export.onnx import ExportSidecar, labels_dtype, read_export_sidecar
+from attnseg.inference.confidence import log_probabilities
 from attnseg.inference.eval_job import EvalModel
 from attnseg.inference.fast_path import bf16_supported, fast_forward, prepare_fast_model
 from attnseg.models import FixedScales
@@ -293,14 +294,16 @@ def predictor_from_export(
 
 
 class BackendModule(nn.Module):
-    """A backend as a parameter-free module ``tensor -> (N, K, H, W) scores`` for `evaluate_model`."""
+    """A backend as a parameter-free module ``tensor -> (N, K, H, W) scores`` for `evaluate_model`; a softmax
+    export's probabilities come as their log (logits), so flip / scale fusion and confidence are those of logits."""
 
     def __init__(self, backend: Backend):
         super().__init__()
         self.backend = backend
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.backend.scores(images.detach().float().cpu().numpy())).to(images.device)
+        scores = torch.from_numpy(self.backend.scores(images.detach().float().cpu().numpy()))
+        return (log_probabilities(scores) if self.backend.output == "softmax" else scores).to(images.device)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 from attnseg.data.labels import IGNORE_INDEX
 from attnseg.errors import DatasetError
 from attnseg.fileio import atomic_write_text
+from attnseg.inference.confidence import unit_to_uint8
 
 # NVIDIA's SOTA recipe ignores released auto-label pixels below confidence 0.5 (`--custom_coarse_prob 0.5`).
 DEFAULT_THRESHOLD = 0.5
@@ -84,7 +85,7 @@ def pseudo_label(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarra
     top = probabilities.max(axis=0)
     label = probabilities.argmax(axis=0).astype(np.uint8)
     label[top < threshold] = IGNORE_INDEX
-    confidence = np.clip(np.rint(top * 255.0), 0, 255).astype(np.uint8)
+    confidence = unit_to_uint8(top)  # the encoding of every confidence map attnseg writes
     return label, confidence
 
 

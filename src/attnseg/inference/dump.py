@@ -8,6 +8,7 @@ Layout under the output folder (one sub-folder per kind, so that e.g. ``labelIds
     trainIds/<name>.png     raw 8-bit trainIds (0..18)
     labelIds/<name>.png     8-bit Cityscapes labelIds (what the benchmark reads)
     compare/<name>.png      input | ground truth | prediction side by side (when ground truth exists)
+    confidence/<name>.png   top fused class probability, round(255 * p) (`attnseg.inference.confidence`)
     scales/<name>_attn_<s>x.png, scales/<name>_pred_<s>x.png   MscaleOCR per-scale attention / predictions
 
 PNGs are encoded with OpenCV (4x faster than PIL for overlays, PERF_NOTES), to a temporary name beside the final
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 
 from attnseg.fileio import atomic_write_with, remove_stale_temporaries
+from attnseg.inference.confidence import confidence_of, unit_to_uint8
 from attnseg.inference.preprocess import denormalize_image, to_rgb_uint8
 from attnseg.models.outputs import SegmentationOutput
 
-DUMP_KINDS = ("color", "overlay", "trainIds", "labelIds", "compare", "scales")
+DUMP_KINDS = ("color", "overlay", "trainIds", "labelIds", "compare", "confidence", "scales")
+DEFAULT_DUMP_KINDS = ("color", "overlay", "labelIds", "compare", "confidence")
 
 
 def colorize(train_ids: np.ndarray, palette: np.ndarray, ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
@@ -69,6 +72,62 @@ def _scale_tag(scale: float) -> str:
     return f"{float(scale):g}x"
 
 
+def scale_maps(output: SegmentationOutput, index: int) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
+    """Image `index` of a scale-fusing model's output: (attention (h, w) float32 in [0, 1] per scale that took part
+    in the fusion, class ids (h, w) uint8 per scale whose logits were kept), each at its scale's size."""
+    attention = {scale: maps[index, 0].float().clamp(0, 1).cpu().numpy()
+                 for scale, maps in output.scale_attention.items()}  # fmt: skip
+    labels = {scale: logits[index].float().max(dim=0).indices.to(torch.uint8).cpu().numpy()
+              for scale, logits in output.scale_logits.items()}  # fmt: skip
+    return attention, labels
+
+
+def scale_map_images(
+    attention: dict[float, np.ndarray], scale_labels: dict[float, np.ndarray], palette: np.ndarray
+) -> list[tuple[str, np.ndarray]]:
+    """(suffix, image) of per-scale maps: ``attn_<s>x`` gray round(255 * a), ``pred_<s>x`` in the palette.
+
+    The one encoding of `attnseg eval --dump` (``scales/<name>_<suffix>.png``) and `attnseg predict --attention`
+    (``<name>_<suffix>.png``).
+    """
+    images = [(f"attn_{_scale_tag(scale)}", unit_to_uint8(maps)) for scale, maps in attention.items()]
+    return images + [(f"pred_{_scale_tag(scale)}", colorize(ids, palette)) for scale, ids in scale_labels.items()]
+
+
+def compare_strip(image: np.ndarray, label: np.ndarray | None, blended: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """input | ground truth in the palette (ignored pixels black; left out when `label` is None) | prediction
+    over the input (`blended`), side by side."""
+    panels = [image]
+    if label is not None:
+        panels.append(colorize(np.where(label < 256, label, 255), palette))
+    panels.append(blended)
+    return np.concatenate(panels, axis=1)
+
+
+def label_of(labels: Any, index: int) -> np.ndarray | None:
+    """Image `index` of a batch's ``"label"`` entry (tensor or arrays) as numpy, or None without labels."""
+    if labels is None:
+        return None
+    return labels[index].cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels[index])
+
+
+def input_image(
+    batch: dict[str, Any], index: int, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB input of image `index` of an evaluation batch: its file (``image_path``) when that has
+    the prediction's `size`, else the normalised tensor mapped back with `mean` / `std`."""
+    paths = batch.get("image_path") or []
+    if index < len(paths) and paths[index]:
+        image = cv2.imread(str(paths[index]), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            image = to_rgb_uint8(image)
+            if image.shape[:2] == tuple(size):
+                return image
+    return denormalize_image(batch["image"][index], mean, std)
+
+
 class PredictionDumper:
     """An ``on_prediction`` callback for `evaluate_model` that writes the images described in the module docstring.
 
@@ -87,7 +146,7 @@ class PredictionDumper:
         palette: np.ndarray,
         mean: Sequence[float],
         std: Sequence[float],
-        kinds: Sequence[str] = ("color", "overlay", "labelIds", "compare"),
+        kinds: Sequence[str] = DEFAULT_DUMP_KINDS,
         train_id_to_label_id: np.ndarray | None = None,
         alpha: float = 0.5,
     ):
@@ -109,25 +168,19 @@ class PredictionDumper:
         batch = extras.get("batch", {})
         labels = batch.get("label")
         output = extras.get("output")
+        confidence = None
+        if "confidence" in self.kinds and extras.get("scores") is not None:
+            confidence = confidence_of(extras["scores"], bool(extras.get("are_probabilities")), predictions.shape[-2:])
         for index, name in enumerate(names):
             stem = safe_name(name)
             prediction = predictions[index]
             self._write_prediction(stem, prediction, batch, index, labels)
+            if confidence is not None:
+                write_png(self.out_dir / "confidence" / f"{stem}.png", unit_to_uint8(confidence[index]))
             if "scales" in self.kinds and isinstance(output, SegmentationOutput):
-                self._write_scales(stem, output, index)
+                for suffix, image in scale_map_images(*scale_maps(output, index), self.palette):
+                    write_png(self.out_dir / "scales" / f"{stem}_{suffix}.png", image)
             self.count += 1
-
-    def _input_image(self, batch: dict[str, Any], index: int, size: tuple[int, int]) -> np.ndarray:
-        paths = batch.get("image_path") or []
-        if index < len(paths) and paths[index]:
-            image = cv2.imread(str(paths[index]), cv2.IMREAD_UNCHANGED)
-            if image is not None:
-                if image.ndim == 3:
-                    image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-                image = to_rgb_uint8(image)
-                if image.shape[:2] == size:
-                    return image
-        return denormalize_image(batch["image"][index], self.mean, self.std)
 
     def _write_prediction(self, stem, prediction, batch, index, labels) -> None:
         kinds = self.kinds
@@ -139,22 +192,10 @@ class PredictionDumper:
         if "color" in kinds:
             write_png(self.out_dir / "color" / f"{stem}.png", colors)
         if {"overlay", "compare"} & set(kinds):
-            image = self._input_image(batch, index, prediction.shape)
+            image = input_image(batch, index, prediction.shape, self.mean, self.std)
             blended = overlay(image, colors, self.alpha)
             if "overlay" in kinds:
                 write_png(self.out_dir / "overlay" / f"{stem}.png", blended)
             if "compare" in kinds:
-                panels = [image]
-                if labels is not None:
-                    label = labels[index].cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels[index])
-                    panels.append(colorize(np.where(label < 256, label, 255), self.palette))
-                panels.append(blended)
-                write_png(self.out_dir / "compare" / f"{stem}.png", np.concatenate(panels, axis=1))
-
-    def _write_scales(self, stem: str, output: SegmentationOutput, index: int) -> None:
-        for scale, attention in output.scale_attention.items():
-            gray = (attention[index, 0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            write_png(self.out_dir / "scales" / f"{stem}_attn_{_scale_tag(scale)}.png", gray)
-        for scale, logits in output.scale_logits.items():
-            ids = logits[index].float().max(dim=0).indices.to(torch.uint8).cpu().numpy()
-            write_png(self.out_dir / "scales" / f"{stem}_pred_{_scale_tag(scale)}.png", colorize(ids, self.palette))
+                strip = compare_strip(image, label_of(labels, index), blended, self.palette)
+                write_png(self.out_dir / "compare" / f"{stem}.png", strip)

@@ -44,6 +44,11 @@ class EvalModel:
     std: tuple[float, ...] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def gives_probabilities(self) -> bool:
+        """False for an exported model that outputs argmax class ids (its scores are one-hot: no confidence)."""
+        return getattr(getattr(self.module, "backend", None), "output", "logits") != "argmax"
+
 
 def load_eval_model(
     weights: str | Path,
@@ -92,6 +97,9 @@ class EvalOutputs:
         dump_dir: where `attnseg.inference.dump.PredictionDumper` writes (None: no dumps).
         dump_kinds: which images it writes; ``labelIds`` is dropped for a model without Cityscapes classes.
         submission_dir: where `attnseg.inference.submission.SubmissionWriter` writes (None: no submission).
+        topn: keep the N lowest-IoU images overall and per class (`attnseg.inference.topn.WorstImages`; strips
+            under ``dump_dir/topn/`` when `dump_dir` is given); 0: off.
+        ignore_index: label value that the per-image IoU of `topn` does not count.
 
     Raises:
         ConfigError: a submission asked of a model without the 19 Cityscapes classes.
@@ -107,10 +115,13 @@ class EvalOutputs:
         dump_dir: Path | None = None,
         dump_kinds: Sequence[str] = (),
         submission_dir: Path | None = None,
+        topn: int = 0,
+        ignore_index: int = 255,
     ):
         from attnseg.data.labels import train_id_to_id
         from attnseg.inference.dump import PredictionDumper
         from attnseg.inference.submission import SubmissionWriter
+        from attnseg.inference.topn import WorstImages
 
         cityscapes_ids = len(class_names) == 19
         if submission_dir is not None and not cityscapes_ids:
@@ -125,6 +136,10 @@ class EvalOutputs:
         self.submission = SubmissionWriter(submission_dir) if submission_dir is not None else None
         if self.submission is not None:
             self.callbacks.append(self.submission)
+        self.worst = (WorstImages(topn, class_names, palette, mean, std, dump_dir, ignore_index)
+                      if topn > 0 else None)  # fmt: skip
+        if self.worst is not None:
+            self.callbacks.append(self.worst)
         # (height, width) of every prediction, in the order written: the size a submission's PNGs must have.
         self.sizes: list[tuple[int, int]] = []
 
@@ -135,6 +150,11 @@ class EvalOutputs:
         for callback in self.callbacks:
             callback(names, predictions, extras)
         self.sizes.extend([tuple(predictions.shape[-2:])] * len(names))
+
+    def finish(self) -> dict[str, Any] | None:
+        """After the last batch, on every process: merge and write the top-N lists (`WorstImages.finish`); None
+        without ``topn``."""
+        return self.worst.finish() if self.worst is not None else None
 
     def check_submission(self, root: str | Path | None, split: str) -> int | None:
         """Check the submission folder (`attnseg.inference.submission.check_submission`); None without one.
@@ -158,10 +178,12 @@ class EvalOutputs:
 
 @dataclass
 class EvalRun:
-    """Result of `run_evaluation`: the split's metrics and the wall time of the loop."""
+    """Result of `run_evaluation`: the split's metrics, the wall time of the loop and, with ``topn``, the lowest-IoU
+    images (`attnseg.inference.topn.WorstImages.finish`)."""
 
     metrics: SegmentationMetrics
     seconds: float
+    worst: dict[str, Any] | None = None
 
 
 def run_evaluation(
@@ -193,4 +215,5 @@ def run_evaluation(
         on_prediction=outputs if outputs else None, fusion=recipe.fusion, ignore_index=ignore_index,
         keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits), pipeline=pipeline,
     )  # fmt: skip
-    return EvalRun(metrics, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return EvalRun(metrics, seconds, outputs.finish() if outputs is not None else None)

@@ -36,7 +36,7 @@ from attnseg.models.outputs import SegmentationOutput, logits_of
 
 MultiScale = Literal["hierarchical", "average"]
 Mode = Literal["whole", "slide"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
 # on_prediction(names, predictions (N, H, W) uint8 trainIds, extras)
 PredictionCallback = Callable[[list[str], np.ndarray, dict[str, Any]], None]
 
@@ -67,8 +67,8 @@ class InferenceRecipe:
             raise ConfigError(f"eval mode must be 'whole' or 'slide', got {self.mode!r}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
             raise ConfigError("sliding-window evaluation needs crop_size and stride (height, width)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"eval precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"eval precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
 
     @property
     def model_scales(self) -> tuple[float, ...]:
@@ -147,13 +147,34 @@ def model_forward(model: nn.Module, recipe: InferenceRecipe, keep_scale_outputs:
     return model
 
 
+def autocast_dtype(precision: Precision, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of an inference precision on a device type (None: fp32, no autocast).
+
+    fp16 is CUDA only (NVIDIA's Mapillary evaluation needs it to fit a 32 GB GPU): CPU kernels for float16 are
+    missing or emulated, so it is refused there rather than run slowly.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA, or an unknown precision.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device_type != "cuda":
+            raise ConfigError(f"fp16 evaluation needs a CUDA device, not {device_type}; use fp32 or bf16 on CPU")
+        return torch.float16
+    raise ConfigError(f"eval precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+
+
 def _with_autocast(fn: Callable, device: torch.device, precision: Precision) -> Callable:
-    """`fn` run under bfloat16 autocast for ``"bf16"``; only the network, so fusion stays in float32."""
-    if precision != "bf16":
+    """`fn` run under bfloat16 / float16 autocast (`autocast_dtype`); only the network, so fusion stays float32."""
+    dtype = autocast_dtype(precision, device.type)
+    if dtype is None:
         return fn
 
     def run(images: torch.Tensor):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        with torch.autocast(device_type=device.type, dtype=dtype):
             return fn(images)
 
     return run
@@ -286,7 +307,8 @@ def evaluate_model(
         mode: ``"whole"`` image or ``"slide"`` window inference (then `crop_size` and `stride`, (height, width)).
         crop_size: sliding window size.
         stride: sliding window stride.
-        precision: ``"bf16"`` runs the model under bfloat16 autocast; fusion and metrics stay in float32.
+        precision: ``"bf16"`` / ``"fp16"`` (CUDA only) run the model under bfloat16 / float16 autocast; fusion and
+            metrics stay in float32.
         device: where the model runs; defaults to the device of its parameters.
         progress: show a tqdm bar (only on rank 0).
         on_prediction: called per batch with (names, trainId predictions (N, H, W) uint8 numpy, extras) where

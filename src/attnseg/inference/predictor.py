@@ -6,6 +6,10 @@ the caller, so a model is always fed the numbers it was trained with::
     predictor = Predictor.from_weights("runs/cityscapes/checkpoints/best")
     labels = predictor("frankfurt_000000_000294_leftImg8bit.png")       # (H, W) uint8 trainIds
     cv2.imwrite("overlay.png", predictor.overlay(image, labels)[..., ::-1])
+    result = predictor.predict(image, confidence=True, attention=True)  # .confidence (H, W), .attention[0.5]
+
+Probabilities are those of the fused prediction (after scale / flip / window fusion; the softmax of fused logits),
+on every route: whole image or windows, hierarchical or averaged scales, model or exported backend.
 
 The network sits behind a small seam, `logits_fn` (normalised NCHW float tensor -> logits), so a runtime other
 than eager PyTorch (ONNX Runtime, OpenVINO) can be plugged in with `Predictor.from_numpy_backend`.
@@ -24,7 +28,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +38,8 @@ import torch
 from torch import nn
 
 from attnseg.errors import ConfigError, DatasetError, WeightsError
-from attnseg.inference.dump import colorize, overlay
+from attnseg.inference.confidence import confidence_of, log_probabilities, probabilities_of
+from attnseg.inference.dump import colorize, overlay, scale_maps
 from attnseg.inference.evaluate import (
     InferenceRecipe,
     _with_autocast,
@@ -45,7 +50,8 @@ from attnseg.inference.evaluate import (
 )
 from attnseg.inference.memory import MemoryModel, default_memory_budget, format_bytes, probe_memory_model
 from attnseg.inference.preprocess import normalize_image, to_rgb_uint8
-from attnseg.models import default_scales, fuses_scales
+from attnseg.models import default_scales, fuses_scales, unwrap_model
+from attnseg.models.outputs import SegmentationOutput
 
 LogitsFn = Callable[[torch.Tensor], Any]
 # A runtime backend: (N, 3, H, W) float32 normalised array -> (N, K, H, W) logits array.
@@ -85,6 +91,28 @@ class InferencePlan:
             return f"sliding {window}"
         return (f"a whole-image pass needs about {format_bytes(self.estimate_bytes)}, more than the "
                 f"{format_bytes(self.budget_bytes)} memory budget: sliding {window}")  # fmt: skip
+
+
+@dataclass
+class Prediction:
+    """What `Predictor.predict` returns for one image.
+
+    Attributes:
+        labels: (H, W) uint8 class ids.
+        probabilities: (K, H, W) float32 fused class probabilities, when asked for.
+        confidence: (H, W) float32 top fused probability (``probabilities.max(0)``), when asked for.
+        attention: MscaleOCR's attention map per fused scale below the largest, (h, w) float32 in [0, 1] at that
+            scale's size, when asked for (empty otherwise).
+        scale_labels: the class ids each scale alone predicts, (h, w) uint8 at that scale's size, with `attention`.
+        plan: whole image or windows (`Predictor.plan`).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    attention: dict[float, np.ndarray] = field(default_factory=dict)
+    scale_labels: dict[float, np.ndarray] = field(default_factory=dict)
+    plan: InferencePlan | None = None
 
 
 def default_stride(crop_size: tuple[int, int]) -> tuple[int, int]:
@@ -162,7 +190,7 @@ class Predictor:
         class_names: one name per class.
         palette: (K, 3) RGB colours.
         device: where input tensors are put.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast, CUDA only).
         scales, multi_scale, flip, fusion: test-time recipe (see `attnseg.inference.evaluate.evaluate_model`).
         model: the module behind `logits_fn` if any: put in eval mode per call; a model that fuses scales
             (MscaleOCR) is called as ``model(images, scales=...)`` with the recipe's scales, so `logits_fn` must be
@@ -175,6 +203,8 @@ class Predictor:
             `attnseg.inference.memory.default_memory_budget` at call time; None: never switch. Estimates need
             `model` (eager PyTorch); runtime backends only slide when told to.
         log: receives the line saying that windows were chosen; default: this module's logger (warning).
+        labels_only: `logits_fn` returns one-hot class ids (an export with ``--output argmax``): labels only, no
+            probabilities or confidence.
     """
 
     def __init__(
@@ -197,8 +227,10 @@ class Predictor:
         stride: Sequence[int] | None = None,
         max_memory_bytes: MemoryBudget = "auto",
         log: Callable[[str], None] | None = None,
+        labels_only: bool = False,
     ):
         self.logits_fn = logits_fn
+        self.labels_only = bool(labels_only)
         self.slide = bool(slide)
         self.crop_size = _pair_or_none(crop_size, "crop_size")
         self.stride = _pair_or_none(stride, "stride")
@@ -250,7 +282,7 @@ class Predictor:
         Args:
             path: checkpoint base name or file, or a training run directory.
             device: default CUDA when available, else CPU.
-            precision: ``"fp32"`` or ``"bf16"``.
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only).
             scales: test scales; None: the model's own (`attnseg.models.default_scales`: MscaleOCR's
                 `eval_scales`, else 1.0) for hierarchical, 1.0 for average.
             multi_scale: ``"hierarchical"`` (inside MscaleOCR) or ``"average"``.
@@ -275,25 +307,34 @@ class Predictor:
     def from_numpy_backend(
         cls, backend: NumpyBackend, sidecar: Any, *, scales: Sequence[float] = (1.0,), flip: bool = False,
         slide: bool = False, crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-        log: Callable[[str], None] | None = None,
+        log: Callable[[str], None] | None = None, output: str | None = None,
     ) -> Predictor:
-        """A predictor over a non-torch runtime: `backend` maps a normalised NCHW float32 array to logits.
+        """A predictor over a non-torch runtime: `backend` maps a normalised NCHW float32 array to scores.
 
         Args:
             backend: e.g. an ONNX Runtime session's run wrapped in a function.
-            sidecar: the checkpoint's `attnseg.weights.CheckpointSidecar` (pre-processing, names, palette).
+            sidecar: the checkpoint's `attnseg.weights.CheckpointSidecar` or an export's
+                `attnseg.export.onnx.ExportSidecar` (pre-processing, names, palette).
             scales: scales averaged outside the backend.
             flip: add flipped passes.
             slide, crop_size, stride, log: sliding windows (see the class; without a torch model there is no
                 memory estimate, so windows are used only when asked for).
+            output: what `backend` returns: ``"logits"``, ``"softmax"`` probabilities (fused as their log, so the
+                probabilities come back unchanged) or ``"argmax"`` as one-hot scores (labels only); default the
+                sidecar's ``output`` (an export's), else ``"logits"``.
         """
+        output = output or getattr(sidecar, "output", None) or "logits"
+        if output not in ("logits", "softmax", "argmax"):
+            raise ValueError(f"output must be 'logits', 'softmax' or 'argmax', got {output!r}")
 
         def logits_fn(images: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(backend(images.cpu().numpy().astype(np.float32)), dtype=np.float32))
+            scores = torch.from_numpy(np.asarray(backend(images.cpu().numpy().astype(np.float32)), dtype=np.float32))
+            return log_probabilities(scores) if output == "softmax" else scores
 
         return cls(
             logits_fn, mean=sidecar.mean, std=sidecar.std, class_names=sidecar.class_names, palette=sidecar.palette,
             scales=scales, multi_scale="average", flip=flip, slide=slide, crop_size=crop_size, stride=stride, log=log,
+            labels_only=output == "argmax",
         )  # fmt: skip
 
     def preprocess(self, image: Any) -> torch.Tensor:
@@ -301,7 +342,7 @@ class Predictor:
         return normalize_image(as_rgb_array(image), self.mean, self.std)[None].to(self.device)
 
     def __call__(self, image: Any, return_probabilities: bool = False):
-        """Segment one image.
+        """Segment one image (`predict` returns more).
 
         Args:
             image: file path, PIL image, or numpy array (H, W) gray / (H, W, 3) RGB / (H, W, 4) RGBA, any size.
@@ -310,29 +351,77 @@ class Predictor:
         Returns:
             (H, W) uint8 class ids, or ``(labels, probabilities)``.
         """
+        prediction = self.predict(image, probabilities=return_probabilities)
+        return (prediction.labels, prediction.probabilities) if return_probabilities else prediction.labels
+
+    def predict(
+        self, image: Any, *, probabilities: bool = False, confidence: bool = False, attention: bool = False
+    ) -> Prediction:
+        """Segment one image, with the fused probabilities, the confidence and the attention maps on request.
+
+        Args:
+            image: as for `__call__`.
+            probabilities: fill `Prediction.probabilities`.
+            confidence: fill `Prediction.confidence`.
+            attention: fill `Prediction.attention` and `Prediction.scale_labels` (a model that fuses scales, run
+                at two or more scales on the whole image; the per-scale logits are kept, which costs memory).
+
+        Raises:
+            ConfigError: something asked for that this predictor cannot give (`check_outputs`), or attention maps
+                of an image that runs as sliding windows (each window has its own; they are not assembled).
+        """
+        self.check_outputs(probabilities=probabilities or confidence, attention=attention)
         tensor = self.preprocess(image)
         plan = self.plan(tensor.shape[-2], tensor.shape[-1])
         self.last_plan = plan
         recipe = self.recipe
         if plan.mode == "slide":
+            if attention:
+                raise ConfigError(f"attention maps are not assembled over sliding windows ({plan.describe()}); "
+                                  "predict the whole image (no --slide / slide=False, a larger memory budget)")
             recipe = dataclasses.replace(recipe, mode="slide", crop_size=plan.crop_size, stride=plan.stride)
             if plan.automatic:
                 self.log(plan.describe())
-        forward = self._forward(recipe)
+        forward = self._forward(recipe, keep_scale_outputs=attention)
         with self._eval_mode(), torch.inference_mode():
             result = predict_scores(forward, tensor, recipe, self.num_classes)
-        labels = scores_to_labels(result.scores)[0].cpu().numpy()
-        if not return_probabilities:
-            return labels
-        scores = result.scores if result.are_probabilities else torch.softmax(result.scores, dim=1)
-        return labels, scores[0].float().cpu().numpy()
+        prediction = Prediction(scores_to_labels(result.scores)[0].cpu().numpy(), plan=plan)
+        if probabilities:
+            prediction.probabilities = probabilities_of(result.scores, result.are_probabilities)[0].cpu().numpy()
+        if confidence:
+            prediction.confidence = confidence_of(result.scores, result.are_probabilities)[0].cpu().numpy()
+        if attention and isinstance(result.output, SegmentationOutput):
+            prediction.attention, prediction.scale_labels = scale_maps(result.output, 0)
+        return prediction
 
-    def _forward(self, recipe: InferenceRecipe) -> LogitsFn:
+    def check_outputs(self, *, probabilities: bool = False, attention: bool = False) -> None:
+        """Refuse, before any image, what `predict` cannot give: probabilities (or confidence) of a labels-only
+        export; attention maps of an exported graph, of a model without scale fusion, or at a single scale.
+
+        Raises:
+            ConfigError: naming what is missing and how to get it.
+        """
+        if probabilities and self.labels_only:
+            raise ConfigError("this exported model outputs argmax class ids, which carry no probabilities; "
+                              "export it again with `attnseg export ... --output softmax` (or logits)")
+        if not attention:
+            return
+        if self.model is None:
+            raise ConfigError("an exported model returns only its fused scores, no attention maps; "
+                              "predict with the checkpoint (--backend torch)")
+        if not fuses_scales(self.model):
+            raise ConfigError(f"{type(unwrap_model(self.model)).__name__} does not fuse scales, so it has no attention "
+                              "maps (MscaleOCR has)")
+        if len(self.recipe.model_scales) < 2:
+            raise ConfigError(f"the model runs at the single scale {list(self.recipe.model_scales)}, where no "
+                              "attention is used; give two or more hierarchical scales, e.g. --scales 0.5,1.0")
+
+    def _forward(self, recipe: InferenceRecipe, keep_scale_outputs: bool = False) -> LogitsFn:
         """`logits_fn`, or the model with the recipe's in-model scales bound (`model_forward`, which also refuses
         hierarchical scales for a model without fusion)."""
         if self.model is None:
             return self.logits_fn
-        forward = model_forward(self.model, recipe)
+        forward = model_forward(self.model, recipe, keep_scale_outputs)
         return forward if fuses_scales(self.model) else self.logits_fn
 
     def _eval_mode(self):
