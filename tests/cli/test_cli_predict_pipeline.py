@@ -70,7 +70,7 @@ def test_pipelined_predict_writes_what_the_sequential_one_writes(tmp_path, weigh
     runs = {}
     for mode, extra in (("sequential", ["--no-pipeline"]), ("pipelined", [])):
         code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / mode), "--overlay",
-                     "--no-progress", *extra])
+                     "--confidence", "--no-progress", *extra])
         captured = capsys.readouterr()
         out = str(tmp_path / mode)
         runs[mode] = (code, captured.out.replace(out, "OUT"), captured.err.replace(out, "OUT"), _files(tmp_path / mode))
@@ -80,7 +80,7 @@ def test_pipelined_predict_writes_what_the_sequential_one_writes(tmp_path, weigh
     failures = [line for line in pipelined[2].splitlines() if "failed" in line]
     assert failures == [line for line in sequential[2].splitlines() if "failed" in line]
     assert ["img2.png" in failures[0], "img4.png" in failures[1]] == [True, True]  # in input order
-    assert sequential[3] == pipelined[3] and len(pipelined[3]) == 4 * 3
+    assert sequential[3] == pipelined[3] and len(pipelined[3]) == 4 * 4  # labels, color, overlay, confidence
     assert SlowNet.most == 1  # never two forwards at once
 
 
