@@ -41,15 +41,6 @@ def test_contention_idle_and_busy_rows(tmp_path):
     assert all(1 <= int(row[2]) <= 2 and float(row[3]) > 0 for row in together)
 
 
-def test_eval_stage_table(tmp_path):
-    out = run_script("eval", "--images", "1", "--height", "64", "--width", "128", "--model", "psanet_r18_narrow",
-                     "--threads", "1", cwd=tmp_path)
-    assert header_after(out, "stage") == ["stage", "median", "s", "share"]
-    stages = [line.split()[0] for line in out.splitlines()[2:8]]
-    assert stages == ["decode", "normalise", "forward", "argmax", "confusion", "dump"]
-    assert "outside the forward:" in out and "evaluate_model loop with dumps:" in out
-
-
 def test_mscale_inference_cases(tmp_path):
     out = run_script("mscale_inference", "--model", "mscale_ocr_hrnet_w18_small_v1", "--height", "64", "--width",
                      "128", "--runs", "1", "--cases", "single,ms2", "--threads", "1", cwd=tmp_path)

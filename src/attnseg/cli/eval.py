@@ -65,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--submission", type=Path, default=None, help="write Cityscapes server labelId PNGs here")
     parser.add_argument("--json", type=Path, default=None, help="write metrics and the recipe as JSON (a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="no reading ahead and writing behind the model in background threads (for comparison)")
     parser.set_defaults(func=run)
 
 
@@ -243,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
           f"scales {list(eval_cfg.scales)} {eval_cfg.multi_scale}, flip {eval_cfg.flip}, {eval_cfg.mode}, "
           f"{eval_cfg.precision}, {setup.model.device}")  # fmt: skip
     result = run_evaluation(setup.model, loader, recipe_of(eval_cfg), outputs=outputs,
-                            ignore_index=data_cfg.ignore_index, progress=not args.no_progress)  # fmt: skip
+                            ignore_index=data_cfg.ignore_index, progress=not args.no_progress,
+                            pipeline=not args.no_pipeline)  # fmt: skip
     _report(args, setup, result, outputs)
     return 0
 

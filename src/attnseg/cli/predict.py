@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "<name>_pred_<s>x.png; not with sliding windows)")
     add_recipe_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="read, predict and write one image after the other (default: the next image is read and "
+                             "the last one written while the model runs)")
     add_tiling_arguments(parser)
     parser.set_defaults(func=run, validate=validate)
 
@@ -420,10 +423,13 @@ def print_summary(done: int, collection: InputCollection, failed: list[tuple[str
 
 
 def run(args: argparse.Namespace) -> int:
+    import threading
+
     from tqdm import tqdm
 
     from attnseg.cli import notes
     from attnseg.fileio import remove_stale_temporaries
+    from attnseg.inference.pipeline import SerializedCalls, pipelined
 
     remove_stale_temporaries(args.out)
     collection = collect_inputs(args.inputs, args.out)
@@ -435,14 +441,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnseg predict: failed {name}: {reason}", file=sys.stderr)
     done = 0
     progress = not args.no_progress
-    for item in tqdm(collection.items, desc="predict", unit="file", disable=not progress, dynamic_ncols=True):
-        log.start(str(item.path))
+    # While one image is in the model, the next is read and the last one's files are written, in other threads;
+    # the model runs one image at a time (SerializedCalls), videos alone in this thread. Results come in order.
+    lock = threading.Lock()
+
+    def job(item: InputItem):
+        if item.is_video:
+            log.start(str(item.path))
+            return predict_video(predictor, item, args.out, args.alpha, progress)
+        shared = SerializedCalls(predictor, lock, free=("colorize", "overlay"),
+                                 on_enter=lambda: log.start(str(item.path)))  # fmt: skip
+        return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
+                             attention=args.attention)  # fmt: skip
+
+    window = 1 if args.no_pipeline else 2
+    results = pipelined(collection.items, job, window=window, inline=lambda item: item.is_video)
+    for item, result in tqdm(results, total=len(collection.items), desc="predict", unit="file", disable=not progress,
+                             dynamic_ncols=True):  # fmt: skip
         try:
-            if item.is_video:
-                predict_video(predictor, item, args.out, args.alpha, progress)
-            else:
-                predict_image(predictor, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
-                              attention=args.attention)  # fmt: skip
+            result()
             done += 1
         except Exception as error:  # one bad input (unreadable, out of memory, a bug) must not end the others
             _release_cached_memory()

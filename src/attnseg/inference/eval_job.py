@@ -194,6 +194,7 @@ def run_evaluation(
     outputs: EvalOutputs | None = None,
     ignore_index: int = 255,
     progress: bool = True,
+    pipeline: bool = True,
 ) -> EvalRun:
     """Evaluate `model` under `recipe` on every batch of `loader`, feeding the predictions to `outputs`.
 
@@ -204,6 +205,7 @@ def run_evaluation(
         outputs: dumps and submission writer (None: metrics only).
         ignore_index: label value that is not counted.
         progress: show a progress bar.
+        pipeline: read ahead and write behind the model in background threads (`evaluate_model`).
     """
     start = time.perf_counter()
     metrics = evaluate_model(
@@ -211,7 +213,7 @@ def run_evaluation(
         flip=recipe.flip, mode=recipe.mode, crop_size=recipe.crop_size, stride=recipe.stride,
         precision=recipe.precision, device=model.device, progress=progress,
         on_prediction=outputs if outputs else None, fusion=recipe.fusion, ignore_index=ignore_index,
-        keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits),
+        keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits), pipeline=pipeline,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return EvalRun(metrics, seconds, outputs.finish() if outputs is not None else None)

@@ -8,6 +8,7 @@
       ├─ per batch: `predict_scores` = window/whole forward, flip/scale TTA (`attnseg.inference.tta`)
       ├─ `scores_to_labels` (max over channels; bilinear resize first when labels have another size)
       ├─ `ConfusionMatrix.update` on the device, `on_prediction(...)` for dumps and submission files
+      │  (pipelined: batches read ahead by a `Prefetcher`, `on_prediction` run by a `BackgroundWriter`)
       └─ `ConfusionMatrix.all_reduce` (sums shards when torch.distributed is initialised) and `compute`
 """
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnseg.errors import ConfigError
+from attnseg.inference.pipeline import BackgroundWriter, Prefetcher
 from attnseg.inference.scales import check_hierarchical_scales, check_scales
 from attnseg.inference.sliding import slide_inference
 from attnseg.inference.tta import Fusion, tta_inference_with_output
@@ -216,13 +218,57 @@ def predict_scores(model: Callable, images: torch.Tensor, recipe: InferenceRecip
 def scores_to_labels(scores: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
     """Class ids (N, H, W) (uint8 when K <= 256) of (N, K, h, w) scores, resized bilinearly to `size` first.
 
-    `max` over channels is used instead of `argmax`: on CPU it is several times faster on NCHW float tensors
-    (PERF_NOTES: argmax over channels of a 19x1024x2048 map takes 0.2-0.5 s) and gives the same first index.
+    The ids are those of ``scores.max(dim=1).indices`` (the first of equal maxima; a NaN counts as the maximum),
+    computed by `first_max_labels` where it applies: on CPU, the reduction over the channels of an NCHW map
+    takes 0.25-0.55 s for 19x1024x2048 (PERF_NOTES; `argmax` is slower still), `first_max_labels` ~0.05 s.
     """
     if size is not None and tuple(scores.shape[-2:]) != tuple(size):
         scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+    labels = first_max_labels(scores)
+    if labels is not None:
+        return labels
     labels = scores.max(dim=1).indices
     return labels.to(torch.uint8) if scores.shape[1] <= 256 else labels
+
+
+# Pixels per block of `first_max_labels`: its per-class temporaries (64 KiB each) stay in the core's L2 cache.
+_FIRST_MAX_BLOCK = 1 << 16
+
+
+def first_max_labels(scores: torch.Tensor) -> torch.Tensor | None:
+    """uint8 (N, H, W) index of the first maximum over the channels of CPU float (N, K, H, W) NCHW scores.
+
+    Equal to ``scores.max(dim=1).indices``, without its strided reduction: per block of pixels, the maximum over
+    the classes (a vectorised elementwise max of the K planes), then for each class k the value ``k`` where the
+    plane equals the maximum and 255 elsewhere, folded in with an elementwise minimum, so the first equal class
+    wins. Everything runs on uint8 and in one thread.
+
+    Returns:
+        The ids, or None where this does not apply (another device, dtype or memory layout, K > 256, a NaN in the
+        maximum); `scores_to_labels` then uses ``max``.
+    """
+    count, classes = scores.shape[:2] if scores.dim() == 4 else (0, 0)
+    if not (count and scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+            and 1 <= classes <= 256 and scores.is_contiguous()):  # fmt: skip
+        return None
+    planes = scores.detach().numpy().reshape(count, classes, -1)
+    labels = np.empty(planes.shape[::2], dtype=np.uint8)
+    hit = np.empty(min(planes.shape[2], _FIRST_MAX_BLOCK), dtype=bool)
+    code = np.empty(hit.shape, dtype=np.uint8)
+    for index in range(count):
+        for start in range(0, planes.shape[2], _FIRST_MAX_BLOCK):
+            block = planes[index, :, start : start + _FIRST_MAX_BLOCK]
+            best = block.max(axis=0)
+            if np.isnan(best).any():  # max's own rule (the first NaN wins) is not worth copying here
+                return None
+            out, size = labels[index, start : start + block.shape[1]], block.shape[1]
+            out.fill(255)
+            for k in range(classes):
+                np.equal(block[k], best, out=hit[:size])
+                np.subtract(hit[:size].view(np.uint8), 1, out=code[:size])  # 0 where equal, 255 elsewhere
+                np.bitwise_or(code[:size], k, out=code[:size])
+                np.minimum(out, code[:size], out=out)
+    return torch.from_numpy(labels.reshape(count, *scores.shape[2:]))
 
 
 def evaluate_model(
@@ -243,6 +289,7 @@ def evaluate_model(
     fusion: Fusion = "softmax",
     ignore_index: int = 255,
     keep_scale_outputs: bool = False,
+    pipeline: bool = True,
 ) -> SegmentationMetrics:
     """Evaluate `model` on every batch of `loader` and return the metrics of the whole split.
 
@@ -271,6 +318,9 @@ def evaluate_model(
         ignore_index: label value that is not counted.
         keep_scale_outputs: let MscaleOCR return every scale's logits (for per-scale dumps; costs memory: the
             2.0-scale logits of a 1024x2048 image alone take 640 MB).
+        pipeline: take batches from `loader` in a background thread while the model runs, and call
+            `on_prediction` in a background writer (`attnseg.inference.pipeline`; its errors are raised here, and
+            it is drained before this returns); False does everything in this thread, one step after the other.
 
     Returns:
         Metrics over all processes' images (`SegmentationMetrics.num_images` counts labelled images).
@@ -285,10 +335,40 @@ def evaluate_model(
         device = parameter.device if parameter is not None else torch.device("cpu")
     device = torch.device(device)
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
-    bar = _progress_bar(loader, progress)
     forward = model_forward(model, recipe, keep_scale_outputs)
     with eval_mode(model), torch.inference_mode():
-        for batch in bar:
+        _evaluate_batches(forward, loader, recipe, num_classes, device, confusion, on_prediction, progress, pipeline)
+    confusion.all_reduce()
+    return confusion.compute()
+
+
+def _evaluate_batches(
+    forward: Callable,
+    loader: Iterable[Mapping[str, Any]],
+    recipe: InferenceRecipe,
+    num_classes: int,
+    device: torch.device,
+    confusion: ConfusionMatrix,
+    on_prediction: PredictionCallback | None,
+    progress: bool,
+    pipeline: bool,
+) -> None:
+    """The loop of `evaluate_model`: every batch through the recipe into `confusion` and `on_prediction`.
+
+    Returns only when `on_prediction` has been called for every batch (the background writer is drained when the
+    ``with`` block is left), so every file is written, or its error raised, before the metrics are computed.
+    """
+    with contextlib.ExitStack() as stack:
+        # Read ahead while the model runs (a DataLoader's workers decode; this thread takes their batches in).
+        batches = stack.enter_context(Prefetcher(loader)) if pipeline else loader
+        deliver = on_prediction
+        if pipeline and on_prediction is not None:
+            # Dumps and submission PNGs are written behind the model. One batch in the writer at a time: its
+            # extras hold the full-size scores (160 MB for 19x1024x2048, more with per-scale outputs).
+            writer = stack.enter_context(BackgroundWriter(max_pending=1))
+            deliver = partial(writer.submit, _in_inference_mode, on_prediction)
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for batch in _progress_bar(batches, progress, total):
             images = batch["image"].to(device, non_blocking=True)
             labels = batch.get("label")
             result = predict_scores(forward, images, recipe, num_classes)
@@ -296,14 +376,18 @@ def evaluate_model(
             predictions = scores_to_labels(result.scores, size)
             if labels is not None:
                 confusion.update(predictions, labels.to(device, non_blocking=True))
-            if on_prediction is not None:
+            if deliver is not None:
                 extras = {
                     "batch": batch, "scores": result.scores, "are_probabilities": result.are_probabilities,
                     "output": result.output,
                 }  # fmt: skip
-                on_prediction(list(batch["name"]), predictions.cpu().numpy(), extras)
-    confusion.all_reduce()
-    return confusion.compute()
+                deliver(list(batch["name"]), predictions.cpu().numpy(), extras)
+
+
+def _in_inference_mode(callback: PredictionCallback, *args: Any) -> None:
+    """`callback` in the writer thread under inference mode, as it ran in the loop (the mode is per thread)."""
+    with torch.inference_mode():
+        callback(*args)
 
 
 def _is_main_process() -> bool:
@@ -312,10 +396,9 @@ def _is_main_process() -> bool:
     )
 
 
-def _progress_bar(loader: Iterable, progress: bool) -> Iterable:
+def _progress_bar(batches: Iterable, progress: bool, total: int | None) -> Iterable:
     if not (progress and _is_main_process()):
-        return loader
+        return batches
     from tqdm import tqdm
 
-    total = len(loader) if hasattr(loader, "__len__") else None
-    return tqdm(loader, total=total, desc="eval", unit="batch", dynamic_ncols=True)
+    return tqdm(batches, total=total, desc="eval", unit="batch", dynamic_ncols=True)

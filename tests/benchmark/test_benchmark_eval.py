@@ -1,0 +1,86 @@
+"""`python -m attnseg.benchmark.eval`: the throughput table (model alone, eval before / --no-pipeline / pipelined,
+shares outside the model), the stage table and the verdict, at the smallest options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from attnseg.benchmark import eval as eval_benchmark
+from attnseg.inference import evaluate
+from attnseg.metrics import confusion
+
+
+def run_script(*options: str, cwd) -> str:
+    done = subprocess.run([sys.executable, "-m", "attnseg.benchmark.eval", *options], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def header_after(out: str, first_word: str) -> list[str]:
+    return next(line for line in out.splitlines() if line.split()[:1] == [first_word]).split()
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined", "pipelined, no dumps"):
+            if line.startswith(name + " "):
+                rows[name] = line[len(name):].split()
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_eval_throughput_table(tmp_path, backend):
+    table = tmp_path / "table.txt"
+    out = run_script("--images", "2", "--height", "64", "--width", "128", "--model",
+                     "mscale_ocr_hrnet_w18_small_v1", "--threads", "1", "--workers", "1", "--backend", backend,
+                     "--rounds", "2", "--out", str(table), cwd=tmp_path)
+    assert header_after(out, "run") == ["run", "s/image", "images/s", "forward", "s/image", "outside", "the", "model",
+                                        "CPU", "s/image", "outside,", "CPU"]
+    rows = _table(out)
+    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined",
+                          "pipelined, no dumps"]
+    model_seconds, model_cpu = float(rows["model alone"][0]), float(rows["model alone"][4])
+    assert rows["model alone"][0] == rows["model alone"][2]  # alone, the run is all forward
+
+    def ratio_tolerance(a, b):  # the table rounds seconds to 3 decimals and shares to 0.1 %
+        return 0.0005 / a + 0.0005 / b + 0.002
+
+    for name, (seconds, per_second, forward, share, cpu, cpu_share) in ((n, r) for n, r in rows.items()
+                                                                          if n != "model alone"):
+        seconds, forward, cpu = float(seconds), float(forward), float(cpu)
+        assert 0 < forward < seconds
+        assert 1 + float(share.rstrip("%")) / 100 == pytest.approx(seconds / model_seconds,
+                                                                   rel=ratio_tolerance(seconds, model_seconds))
+        assert 1 + float(cpu_share.rstrip("%")) / 100 == pytest.approx(cpu / model_cpu,
+                                                                       rel=ratio_tolerance(cpu, model_cpu))
+        assert float(per_second) == pytest.approx(1 / seconds, rel=ratio_tolerance(seconds, 1))
+    lines = out.splitlines()
+    first = next(index for index, line in enumerate(lines) if line.startswith("stage ")) + 1
+    stages = [line.rsplit(None, 1)[0].strip() for line in lines[first : lines.index("", first)]]
+    assert stages == ["decode image", "decode label", "normalise", "labels, before (max over NCHW)",
+                      "counts, before (long tensors)", "labels (first_max_labels)", "counts (numpy bins)", "dump"]
+    assert ("OpenVINO fp32" in out) == (backend == "openvino") and "\nmachine: " in out
+    assert "target: data + labels + counts + dumps <= 10% of the model time: pipelined" in out
+    assert "rounds: 2 (means)" in out
+    assert table.read_text() == out
+
+
+def test_code_before_pipelining_is_restored_and_counts_the_same():
+    import numpy as np
+    import torch
+
+    scores = torch.randn(1, 19, 8, 16)
+    target = torch.randint(0, 20, (1, 8, 16))
+    fast = confusion.ConfusionMatrix(19)
+    fast.update(evaluate.scores_to_labels(scores), target)
+    with eval_benchmark.code_before_pipelining():
+        assert evaluate.first_max_labels(scores) is None
+        slow = confusion.ConfusionMatrix(19)
+        slow.update(evaluate.scores_to_labels(scores), target)
+    assert evaluate.first_max_labels(scores) is not None
+    assert np.array_equal(fast.confusion, slow.confusion)
