@@ -1,8 +1,9 @@
-"""This machine: measured matmul rates (torch.mm and OpenVINO), its CPU class, its load, and the routes whose precision
-it only emulates; plus the timing helpers the measurement scripts share.
+"""This machine: measured matmul rates (torch.mm and OpenVINO for fp32/bf16; OpenVINO and ``torch._int_mm`` for int8,
+see `attnseg.benchmark.int8`), its CPU class, its load, and the routes whose precision it only emulates; plus the
+timing helpers the measurement scripts share.
 
-The rates are the yardstick of the benchmark table's "%bf16" column: achieved FLOP/s of a route over the best square
-matmul this machine runs at the same thread count.
+The rates are the yardstick of the benchmark table's "%bf16" and "%prec" columns: achieved FLOP/s of a route over the
+best square matmul this machine runs at the same thread count (in bf16, and in the route's own precision).
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads
 
 
 def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
-    """Measured FLOP/s of a square MatMul compiled by OpenVINO (``"fp32"`` or ``"bf16"`` precision hint), or None
-    when OpenVINO is not installed. On some CPUs OpenVINO's kernels beat `torch.mm`; the machine's rate is the
-    better of the two."""
+    """Measured FLOP/s of a square MatMul compiled by OpenVINO (``"fp32"`` or ``"bf16"`` precision hint; ``"int8"``:
+    `attnseg.benchmark.int8.openvino_int8_matmul_rate`), or None when OpenVINO is not installed. On some CPUs
+    OpenVINO's kernels beat `torch.mm`; the machine's rate is the better of the two."""
+    if dtype_name == "int8":
+        from attnseg.benchmark.int8 import openvino_int8_matmul_rate
+
+        return openvino_int8_matmul_rate(size, seconds, threads)
     try:
         import openvino as ov
         import openvino.opset13 as ops
@@ -76,14 +81,36 @@ def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0
     return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds)
 
 
-def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
-    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``)."""
-    rates = {"torch.mm": matmul_rate(dtype_name, threads=threads)}
+def matmul_rates(dtype_name: str, threads: int = 2) -> dict[str, float]:
+    """Measured matmul rate of every engine available for ``"fp32"``, ``"bf16"`` or ``"int8"`` (FLOP/s or ops/s):
+    torch.mm (``torch._int_mm`` for int8) and OpenVINO."""
+    rates: dict[str, float] = {}
+    if dtype_name == "int8":
+        from attnseg.benchmark.int8 import int_mm_rate
+
+        torch_rate = int_mm_rate(threads=threads)
+        if torch_rate is not None:
+            rates["torch._int_mm"] = torch_rate
+    else:
+        rates["torch.mm"] = matmul_rate(dtype_name, threads=threads)
     openvino_rate = openvino_matmul_rate(dtype_name, threads=threads)
     if openvino_rate is not None:
         rates["OpenVINO"] = openvino_rate
+    return rates
+
+
+def best_rate(rates: dict[str, float]) -> tuple[float, str]:
+    """(the best rate, its engine) of `matmul_rates`; (nan, "none") when no engine measured one."""
+    if not rates:
+        return float("nan"), "none"
     engine = max(rates, key=rates.get)
     return rates[engine], engine
+
+
+def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
+    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``;
+    ``"torch._int_mm"``/``"OpenVINO"`` for int8)."""
+    return best_rate(matmul_rates(dtype_name, threads))
 
 
 def cpu_description() -> str:
