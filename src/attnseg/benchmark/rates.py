@@ -78,7 +78,17 @@ def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0
               "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
     values = rng.standard_normal((size, size), dtype=np.float32)
-    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds)
+    clock = time.process_time if threads == 1 else time.perf_counter  # as `matmul_rate`
+    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds, clock)
+
+
+EMULATED_SIZE = 256  # matrix size of torch.mm's bf16 rate where this CPU only emulates bf16
+
+
+def _native_bf16() -> bool:
+    from attnseg.hardware import native_bf16_here
+
+    return native_bf16_here()[0]
 
 
 def matmul_rates(dtype_name: str, threads: int = 2) -> dict[str, float]:
@@ -91,6 +101,9 @@ def matmul_rates(dtype_name: str, threads: int = 2) -> dict[str, float]:
         torch_rate = int_mm_rate(threads=threads)
         if torch_rate is not None:
             rates["torch._int_mm"] = torch_rate
+    elif dtype_name == "bf16" and not _native_bf16():
+        # Emulated bf16 torch.mm runs at ~1/300 of fp32 here: a 2048 matmul would take a minute a call.
+        rates["torch.mm"] = matmul_rate(dtype_name, size=EMULATED_SIZE, threads=threads)
     else:
         rates["torch.mm"] = matmul_rate(dtype_name, threads=threads)
     openvino_rate = openvino_matmul_rate(dtype_name, threads=threads)

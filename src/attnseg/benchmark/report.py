@@ -61,8 +61,9 @@ def _layer_lines(report: BenchmarkReport) -> list[str]:
         if r.error is None and r.layer_precisions:
             int8_layers, total = int8_share(r.layer_precisions)
             counts = ", ".join(f"{name} {count}" for name, count in sorted(r.layer_precisions.items()))
-            lines.append(f"{r.route}: compute layers by runtime precision {counts} ({int8_layers} of {total} in "
-                         f"int8); float layers with the {r.float_precision} hint")  # fmt: skip
+            share = f" ({int8_layers} of {total} in int8)" if route_precision(r.route) == "int8" else ""
+            lines.append(f"{r.route}: compute layers by runtime precision {counts}{share}; float layers with the "
+                         f"{r.float_precision} hint")  # fmt: skip
     return lines
 
 
