@@ -51,10 +51,10 @@ LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr
                 "/lib/x86_64-linux-gnu", "/lib64")  # fmt: skip
 
 
-def find_library(names: tuple[str, ...], dirs: tuple[str, ...] = LIBRARY_DIRS) -> str | None:
-    """Full path of the first of `names` found in `dirs` (None when none is installed)."""
+def find_library(names: tuple[str, ...], dirs: tuple[str, ...] | None = None) -> str | None:
+    """Full path of the first of `names` found in `dirs` (default `LIBRARY_DIRS`; None when none is installed)."""
     for name in names:
-        for folder in dirs:
+        for folder in LIBRARY_DIRS if dirs is None else dirs:
             path = Path(folder) / name
             if path.is_file():
                 return str(path)
