@@ -36,19 +36,21 @@ def test_int_mm_rate_int8():
     assert rate is None or rate > 0  # None only where this torch has no CPU kernel
 
 
-def test_openvino_int8_matmul_runs_in_int8():
+@pytest.mark.parametrize("kind", ["matmul", "conv1x1"])
+def test_openvino_int8_product_runs_in_int8(kind):
     ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(int8.openvino_int8_model(64), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    counts = int8.runtime_precisions(compiled)
-    assert sum(counts.values()) >= 1 and int8.int8_share(counts) == (sum(counts.values()),) * 2
-    assert int8.openvino_int8_matmul_rate(size=64, seconds=0.01, threads=1) > 0
-    # A float MatMul is counted as float: the check can tell the two apart
-    import openvino.opset13 as ops
+    from attnseg.benchmark.rates import openvino_matmul_rate
 
-    left = ops.parameter([64, 64], np.float32)
-    plain = ov.Model([ops.matmul(left, ops.constant(np.ones((64, 64), np.float32)), False, False)], [left])
-    float_counts = int8.runtime_precisions(ov.Core().compile_model(plain, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
-    assert int8.int8_share(float_counts)[0] == 0 and float_counts.get("f32", 0) >= 1
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    model, values = int8.product_model(64, kind, quantized=True)
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    counts = int8.runtime_precisions(compiled)
+    assert sum(counts.values()) == 1 and int8.int8_share(counts) == (1, 1)
+    assert compiled(values)[compiled.outputs[0]].size == 64 * 64
+    assert openvino_matmul_rate("int8", size=64, seconds=0.01, threads=1, kind=kind) > 0
+    # The float product is counted as float: the check tells the two apart
+    float_counts = int8.runtime_precisions(ov.Core().compile_model(int8.product_model(64, kind)[0], "CPU", config))
+    assert float_counts == {"f32": 1}
 
 
 def test_benchmark_openvino_int8_route_end_to_end(tmp_path, capsys):

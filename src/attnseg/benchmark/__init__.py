@@ -30,8 +30,9 @@ How it measures (`run_benchmark`):
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward of the model on the ``meta`` device
   (convolutions and matrix products; shape arithmetic only, nothing computed). The fp32 and bf16 matmul rates
   of this machine are measured with square `torch.mm` and, when installed, an OpenVINO MatMul at the same thread
-  count (the better of the two is the machine's rate); the int8 rate with an OpenVINO MatMul between FakeQuantize
-  nodes that its runtime graph confirms runs in u8 x i8, and ``torch._int_mm``. "TF/s" is FLOPs / median time,
+  count, and the same product as an OpenVINO 1x1 convolution (the best engine's is the machine's rate); the int8
+  rate with the OpenVINO products between FakeQuantize nodes that the runtime graph confirms run in u8 x i8, and
+  ``torch._int_mm``. "TF/s" is FLOPs / median time,
   "%bf16" its share of the measured bf16 matmul rate and "%prec" its share of the rate of the route's own precision
   (best of repeated calls; CPU time with one thread).
 - Memory target: the "+act" peak of the multi-scale forward against the largest scale's forward alone (the
@@ -41,7 +42,7 @@ How it measures (`run_benchmark`):
 from attnseg.benchmark.calibration import benchmark_image, calibrate_batchnorm
 from attnseg.benchmark.children import run_in_child
 from attnseg.benchmark.flops import count_flops
-from attnseg.benchmark.int8 import int_mm_rate, openvino_int8_matmul_rate, runtime_precisions
+from attnseg.benchmark.int8 import int_mm_rate, product_model, runtime_precisions
 from attnseg.benchmark.memory import GB, current_rss_bytes, peak_rss_bytes, reset_peak_memory
 from attnseg.benchmark.rates import (
     cpu_description,
@@ -73,7 +74,7 @@ __all__ = [
     "TARGET_FLOAT_SHARE", "TARGET_INT8_AGREEMENT", "TARGET_INT8_SPEEDUP", "TARGET_MEMORY_RATIO", "TARGET_SPEEDUP",
     "BenchmarkReport", "BenchmarkSpec", "RouteResult", "achieved_rate", "benchmark_image", "calibrate_batchnorm",
     "count_flops", "cpu_description", "current_rss_bytes", "emulated_routes", "format_report", "int_mm_rate",
-    "machine_matmul_rate", "matmul_rate", "matmul_rates", "missing_packages", "openvino_int8_matmul_rate",
-    "openvino_matmul_rate", "peak_rss_bytes", "reset_peak_memory", "run_benchmark", "run_in_child",
-    "runtime_precisions", "speedup", "target_lines",
+    "machine_matmul_rate", "matmul_rate", "matmul_rates", "missing_packages", "openvino_matmul_rate", "peak_rss_bytes",
+    "product_model", "reset_peak_memory", "run_benchmark", "run_in_child", "runtime_precisions", "speedup",
+    "target_lines",
 ]

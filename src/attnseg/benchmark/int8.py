@@ -1,11 +1,12 @@
 """INT8 in the benchmark: the machine's int8 matmul rate, which layers of a compiled OpenVINO model really run in
 int8, and the child that quantizes the benchmark's exported graph with the project's own quantizer.
 
-int8 matmul rate: a square MatMul whose two inputs pass through FakeQuantize nodes (activations u8, 256 levels;
-weights i8, 255 levels, a constant), the pattern NNCF writes in front of every convolution. OpenVINO's CPU plugin
-folds it into an integer FullyConnected (u8 x i8 -> i32); the rate counts only if the compiled model's runtime info
-says so (`runtime_precisions`), else it is not reported. ``torch._int_mm`` (i8 x i8 -> i32) is a second point where
-torch has it on the CPU. Rates are "ops" (2 per multiply-add), like the FLOP counts they are compared with.
+int8 matmul rate: a square matrix product whose two inputs pass through FakeQuantize nodes (activations u8, 256
+levels; weights i8, 255 levels, a constant), the pattern NNCF writes in front of every convolution (`product_model`),
+as a MatMul and as a 1x1 Convolution. OpenVINO's CPU plugin folds them into integer kernels (u8 x i8 -> i32); a rate
+counts only if the compiled model's runtime info says so (`runtime_precisions`), else it is not reported.
+``torch._int_mm`` (i8 x i8 -> i32) is another point where torch has it on the CPU. Rates are "ops" (2 per
+multiply-add), like the FLOP counts they are compared with.
 
 Quantization (`quantize_worker`): `attnseg.export.quantize.quantize_ir` with its default settings (the ones
 `attnseg quantize` uses) on the fp32 IR the benchmark exported, reshaped to the benchmark's input shape, with the
@@ -52,37 +53,27 @@ def _fake_quantize(ops: Any, node: Any, low: float, high: float, levels: int) ->
     return ops.fake_quantize(node, low_node, high_node, low_node, high_node, levels)
 
 
-def openvino_int8_model(size: int, seed: int = 0) -> Any:
-    """An OpenVINO model: (size, size) float input -> u8 FakeQuantize -> MatMul with an i8-quantized constant."""
+def product_model(size: int, kind: str = "matmul", quantized: bool = False) -> tuple[Any, np.ndarray]:
+    """(an OpenVINO model of one size x size x size matrix product, an input for it). `kind` ``"matmul"``: a square
+    MatMul with a constant right side; ``"conv1x1"``: the same product as a 1x1 Convolution (size input and output
+    channels over size pixels). `quantized`: both inputs through FakeQuantize (activations u8, 256 levels, weights
+    i8, 255 levels), the pattern NNCF writes, which the CPU plugin runs as an integer kernel."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    rng = np.random.default_rng(seed)
-    left = ops.parameter([size, size], np.float32)
-    weights = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
-    product = ops.matmul(_fake_quantize(ops, left, 0.0, 4.0, 256), _fake_quantize(ops, weights, -4.0, 4.0, 255),
-                         False, False)  # fmt: skip
-    return ov.Model([product], [left])
-
-
-def openvino_int8_matmul_rate(size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
-    """Measured ops/s of `openvino_int8_model` compiled for the CPU (best of repeated calls), or None when OpenVINO
-    is not installed or its MatMul does not run in int8 here."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    from attnseg.benchmark.rates import best_seconds
-
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = ov.Core().compile_model(openvino_int8_model(size), "CPU", config)
-    int8_layers, layers = int8_share(runtime_precisions(compiled))
-    if layers == 0 or int8_layers != layers:
-        return None
-    request = compiled.create_infer_request()
-    values = np.random.default_rng(1).uniform(0.0, 4.0, (size, size)).astype(np.float32)
-    clock = time.process_time if threads == 1 else time.perf_counter
-    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds, clock)
+    if kind not in ("matmul", "conv1x1"):
+        raise ValueError(f"kind must be matmul or conv1x1, got {kind!r}")
+    rng = np.random.default_rng(0)
+    height = 32 if size % 32 == 0 and size >= 1024 else 8 if size % 8 == 0 else 1
+    shape = [size, size] if kind == "matmul" else [1, size, height, size // height]
+    weight_shape = (size, size) if kind == "matmul" else (size, size, 1, 1)
+    parameter = data = ops.parameter(shape, np.float32)
+    weights = ops.constant(rng.standard_normal(weight_shape, dtype=np.float32))
+    if quantized:
+        data, weights = _fake_quantize(ops, data, 0.0, 4.0, 256), _fake_quantize(ops, weights, -4.0, 4.0, 255)
+    product = (ops.matmul(data, weights, False, False) if kind == "matmul"
+               else ops.convolution(data, weights, [1, 1], [0, 0], [0, 0], [1, 1]))  # fmt: skip
+    return ov.Model([product], [parameter]), rng.uniform(0.0, 4.0, shape).astype(np.float32)
 
 
 def int_mm_rate(size: int = 512, seconds: float = 1.0, threads: int = 2) -> float | None:
