@@ -39,3 +39,20 @@ def test_benchmark_leaves_out_or_marks_emulated_routes(monkeypatch):
     assert kept == routes and set(marked) == {"torch-bf16", "openvino-bf16"}
     monkeypatch.setattr(hardware, "native_bf16_here", lambda: (True, "CPU has AMX bf16"))
     assert native_routes(routes, explicit=False, log=lines.append) == (routes, {})
+
+
+def test_int8_route_selection_and_its_quantizer_package(monkeypatch):
+    import importlib.util
+
+    from attnseg.benchmark import ROUTES
+    from attnseg.cli.benchmark import installed_routes, select_routes
+
+    # --precision int8 keeps the INT8 route, and fp32 eager joins as the reference
+    assert select_routes(",".join(ROUTES), "int8", None) == ["torch-fp32", "openvino-int8"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "nncf" else real_find_spec(name, *args))  # fmt: skip
+    messages: list[str] = []
+    kept = installed_routes(["torch-fp32", "openvino-fp32", "openvino-int8"], explicit=False, log=messages.append)
+    assert kept == ["torch-fp32", "openvino-fp32"]  # OpenVINO itself is there; only the quantizer is missing
+    assert messages == [messages[0]] and "openvino-int8" in messages[0] and "attnseg[int8]" in messages[0]
