@@ -71,3 +71,13 @@ def test_int8_target_without_an_int8_route_or_its_rate():
     report.int8_rates = {}
     assert not any(line.startswith("int8 target") for line in target_lines(report))
     assert ", int8" not in format_report(report).splitlines()[1]
+
+
+def test_header_names_a_smaller_calibration_size():
+    import dataclasses
+
+    report = _report(fast_agreement=0.999)
+    report.spec = dataclasses.replace(report.spec, int8_calibration=2, int8_calibration_size=(4, 8))
+    assert "INT8 quantization 12.0 s on 2 other synthetic scene(s) at 4x8" in format_report(report).splitlines()[1]
+    report.spec = dataclasses.replace(report.spec, int8_calibration=0, int8_calibration_size=(8, 16))  # = input size
+    assert format_report(report).splitlines()[1].endswith("INT8 quantization 12.0 s on the measured scene")

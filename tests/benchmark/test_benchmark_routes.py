@@ -55,3 +55,13 @@ def test_int8_route_selection_and_its_quantizer_package(monkeypatch):
     kept = installed_routes(["torch-fp32", "openvino-fp32", "openvino-int8"], explicit=False, log=messages.append)
     assert kept == ["torch-fp32", "openvino-fp32"]
     assert messages == [messages[0]] and "openvino-int8" in messages[0] and "attnseg[int8]" in messages[0]
+
+
+def test_int8_calibration_size_user_errors_are_one_line(capsys):
+    code = main(["benchmark", "psanet_r18_narrow", "--int8-calib-size", "100000", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--int8-calib-size 100000 64: more than the 16384 px per side" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code = main(["benchmark", "mscale_ocr_hrnet_w18_small_v1", "--size", "64", "128", "--scales", "0.5,1.0,16",
+                 "--int8-calib-size", "1024", "2048"])  # fmt: skip
+    assert code == 2 and "--scales" in capsys.readouterr().err

@@ -112,9 +112,10 @@ def calibration_inputs(height: int, width: int, batch: int, seed: int, count: in
     return np.stack([np.repeat(scene, batch, axis=0) for scene in scenes])
 
 
-def quantize_worker(fp32_path: str, out_path: str, calibration_path: str, shape: Sequence[int],
+def quantize_worker(fp32_path: str, out_path: str, calibration_path: str, shape: Sequence[int] | None,
                     threads: int) -> dict[str, Any]:
-    """Child: the INT8 IR of the benchmark's fp32 IR (`quantize_ir`, default settings, at `shape`); its seconds."""
+    """Child: the INT8 IR of the benchmark's fp32 IR (`quantize_ir`, default settings, fixed to `shape` first unless
+    None); its seconds."""
     from attnseg.benchmark.children import set_threads
     from attnseg.export.quantize import quantize_ir
 

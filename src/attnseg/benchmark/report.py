@@ -8,7 +8,7 @@ import os
 from attnseg.benchmark.int8 import int8_share
 from attnseg.benchmark.memory import GB
 from attnseg.benchmark.routes import REFERENCE_ROUTE, ROUTES
-from attnseg.benchmark.spec import BenchmarkReport, RouteResult
+from attnseg.benchmark.spec import BenchmarkReport, BenchmarkSpec, RouteResult
 
 # Targets stated in the project brief and issue #19 (reported, never asserted).
 TARGET_SPEEDUP = 5.0
@@ -54,6 +54,12 @@ def _rates_text(report: BenchmarkReport) -> str:
     return text
 
 
+def _calibration_text(spec: BenchmarkSpec) -> str:
+    what = f"{spec.int8_calibration} other synthetic scene(s)" if spec.int8_calibration else "the measured scene"
+    size = spec.int8_calibration_size
+    return what if size is None or tuple(size) == tuple(spec.input_size) else f"{what} at {size[0]}x{size[1]}"
+
+
 def _layer_lines(report: BenchmarkReport) -> list[str]:
     """What each OpenVINO route's runtime graph ran its convolutions and matrix products in."""
     lines = []
@@ -78,8 +84,7 @@ def format_report(report: BenchmarkReport) -> str:
         f"model: {report.flops / 1e9:.1f} GFLOP per call (FlopCounterMode); measured matmul rate: {_rates_text(report)}"
         + (f"; export {report.export_seconds:.1f} s ({'dynamic H/W' if report.export_dynamic else 'static'})"
            if report.export_seconds is not None else "")
-        + (f"; INT8 quantization {report.quantize_seconds:.1f} s on {max(spec.int8_calibration, 1)} "
-           f"{'other synthetic scene(s)' if spec.int8_calibration else 'measured image'}"
+        + (f"; INT8 quantization {report.quantize_seconds:.1f} s on {_calibration_text(spec)}"
            if report.quantize_seconds is not None else ""),
         f"machine: {report.cpu}, {os.cpu_count()} CPUs, "
         f"1-min load average {report.load_average[0]:.1f} at start, "

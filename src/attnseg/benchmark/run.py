@@ -68,15 +68,20 @@ def _export(spec: BenchmarkSpec, routes: Sequence[str], checkpoint: str, folder:
     return exported, seconds, dynamic
 
 
-def _quantize(spec: BenchmarkSpec, files: dict[str, str], folder: Path, shape: tuple[int, ...], mean: Any, std: Any,
-              log: Callable[[str], None]) -> tuple[float | None, str | None]:
-    """Quantize the exported OpenVINO graph for the INT8 route (adds ``files["openvino-int8"]``); (seconds, error)."""
-    calibration = calibration_inputs(*spec.input_size, spec.batch, spec.seed, spec.int8_calibration, mean, std)
+def _quantize(spec: BenchmarkSpec, files: dict[str, str], folder: Path, shape: tuple[int, ...], dynamic: bool | None,
+              mean: Any, std: Any, log: Callable[[str], None]) -> tuple[float | None, str | None]:
+    """Quantize the exported OpenVINO graph for the INT8 route (adds ``files["openvino-int8"]``); (seconds, error).
+    At the input size the graph is fixed to `shape` first; at another calibration size the dynamic graph is
+    quantized as it is."""
+    size = tuple(spec.int8_calibration_size or spec.input_size)
+    if size != tuple(spec.input_size) and not dynamic:
+        return None, f"the exported graph has a fixed size; calibrate at {list(spec.input_size)}, not {list(size)}"
+    calibration = calibration_inputs(*size, spec.batch, spec.seed, spec.int8_calibration, mean, std)
     np.save(folder / "calibration.npy", calibration)
-    log(f"quantizing the OpenVINO graph to INT8 (NNCF, {len(calibration)} calibration scene(s))")
+    log(f"quantizing the OpenVINO graph to INT8 (NNCF, {len(calibration)} calibration scene(s) at {size[0]}x{size[1]})")
     outcome = run_in_child(quantize_worker, fp32_path=files["openvino"], out_path=str(folder / "model_int8.xml"),
-                           calibration_path=str(folder / "calibration.npy"), shape=shape,
-                           threads=spec.threads)  # fmt: skip
+                           calibration_path=str(folder / "calibration.npy"),
+                           shape=shape if size == tuple(spec.input_size) else None, threads=spec.threads)  # fmt: skip
     if "error" in outcome:
         log(f"quantization failed: {outcome['error']}")
         return None, f"quantization failed: {outcome['error']}"
@@ -164,7 +169,8 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
         files, export_seconds, export_dynamic = _export(spec, routes, checkpoint, folder, shape, log)
         quantize_seconds, int8_error = None, None
         if any(ROUTES[route]["precision"] == "int8" for route in routes):
-            quantize_seconds, int8_error = _quantize(spec, files, folder, shape, sidecar.mean, sidecar.std, log)
+            quantize_seconds, int8_error = _quantize(spec, files, folder, shape, export_dynamic, sidecar.mean,
+                                                     sidecar.std, log)  # fmt: skip
         results = [RouteResult(route, error=int8_error) if int8_error and ROUTES[route]["precision"] == "int8"
                    else _run_route(spec, route, checkpoint, files, folder, log) for route in routes]  # fmt: skip
         _set_agreement(results, folder)
