@@ -96,7 +96,7 @@ def format_report(report: BenchmarkReport) -> str:
     reference = next((r for r in report.results if r.route == REFERENCE_ROUTE and r.error is None), None)
     for r in report.results:
         if r.error is not None:
-            lines.append(f"{r.route:<15}  failed: {r.error[:150]}")
+            lines.append(f"{r.route:<15}  failed: {' '.join(r.error.split())[:200]}")  # one line, whatever the error
             continue
         rate = achieved_rate(report.flops, r.median)
         own_share = 100 * rate / report.rate_of(route_precision(r.route))
