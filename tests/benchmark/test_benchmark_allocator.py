@@ -31,10 +31,11 @@ def test_missing_preload_library_is_one_line(monkeypatch, tmp_path):
 
 def test_allocator_table(tmp_path):
     table = tmp_path / "table.txt"
-    done = subprocess.run([sys.executable, "-m", "attnseg.benchmark.allocator", "--model",
-                           "mscale_ocr_hrnet_w18_small_v1", "--height", "64", "--width", "128", "--scales", "0.5,1.0",
-                           "--runs", "1", "--warmup", "1", "--threads", "1", "--settings", "glibc,glibc-nommap,jemalloc",
-                           "--out", str(table)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    options = ["--model", "mscale_ocr_hrnet_w18_small_v1", "--height", "64", "--width", "128", "--scales", "0.5,1.0",
+               "--runs", "1", "--warmup", "1", "--threads", "1", "--settings", "glibc,glibc-nommap,jemalloc",
+               "--out", str(table)]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "attnseg.benchmark.allocator", *options], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("setting"))

@@ -40,8 +40,8 @@ def test_int8_rates_name_their_engines(monkeypatch):
     import attnseg.benchmark.int8 as int8
 
     monkeypatch.setattr(int8, "int_mm_rate", lambda threads=2: 1.0e9)
-    monkeypatch.setattr(rates, "openvino_matmul_rate",
-                        lambda dtype, threads=2, kind="matmul": {"matmul": 2.0e11, "conv1x1": 4.0e11}[kind])  # fmt: skip
+    by_kind = {"matmul": 2.0e11, "conv1x1": 4.0e11}
+    monkeypatch.setattr(rates, "openvino_matmul_rate", lambda dtype, threads=2, kind="matmul": by_kind[kind])
     assert rates.matmul_rates("int8") == {"torch._int_mm": 1.0e9, "OpenVINO": 2.0e11, "OpenVINO 1x1 conv": 4.0e11}
     assert rates.machine_matmul_rate("int8") == (4.0e11, "OpenVINO 1x1 conv")
     monkeypatch.setattr(rates, "openvino_matmul_rate", lambda dtype, threads=2, kind="matmul": None)

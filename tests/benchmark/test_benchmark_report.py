@@ -44,7 +44,8 @@ def test_table_columns_rows_and_targets():
            "the fp32 hint" in lines
     assert any(line.startswith("onnxruntime") and "failed: RuntimeError" in line for line in lines)
     assert "* emulated here" in lines
-    assert "fastest openvino-int8 12.00x at 99.50% -> MET (by CPU time: 12.00x)" in text and "memory target" in text and "= 1.00x" in text
+    assert "fastest openvino-int8 12.00x at 99.50% -> MET (by CPU time: 12.00x)" in text
+    assert "memory target" in text and "= 1.00x" in text
 
 
 def test_speed_target_needs_the_agreement_too():

@@ -1,10 +1,10 @@
 """CPU inference benchmark: one model, one input size and scale list, several routes, ONE table; and the
-measurement scripts (``python -m attnseg.benchmark.<name>``: contention, eval, mscale_inference, psamask, score,
-train_step), which share its probes.
+measurement scripts (``python -m attnseg.benchmark.<name>``: allocator, contention, eval, mscale_inference, psamask,
+score, train_step), which share its probes.
 
 Modules: `memory` (/proc resident size and high-water mark), `flops` (FLOP counting), `rates` (matmul rates, CPU
-class, emulated routes, timing helpers), `int8` (int8 matmul rate, runtime layer precisions, the quantizing child), `children` (a function in a fresh process), `routes` (route table and the
-child workers), `calibration` (benchmark image, random-weight calibration), `spec` (what to run, what was measured),
+class, emulated routes, timing helpers), `int8` (int8 matmul products, runtime layer precisions, the quantizing
+child), `children` (a function in a fresh process), `routes` (route table and the child workers), `calibration` (benchmark image, random-weight calibration), `spec` (what to run, what was measured),
 `report` (the table and target lines), `run` (`run_benchmark`).
 
 Routes (`ROUTES`): PyTorch fp32 eager (the reference), PyTorch bf16 autocast + channels-last, the same compiled
