@@ -4,8 +4,9 @@ score, train_step), which share its probes.
 
 Modules: `memory` (/proc resident size and high-water mark), `flops` (FLOP counting), `rates` (matmul rates, CPU
 class, emulated routes, timing helpers), `int8` (int8 matmul products, runtime layer precisions, the quantizing
-child), `children` (a function in a fresh process), `routes` (route table and the child workers), `calibration` (benchmark image, random-weight calibration), `spec` (what to run, what was measured),
-`report` (the table and target lines), `run` (`run_benchmark`).
+child), `children` (a function in a fresh process), `routes` (route table and the child workers), `calibration`
+(benchmark image, random-weight calibration), `spec` (what to run, what was measured), `report` (the table and
+target lines), `run` (`run_benchmark`); `allocator` measures eager inference under other memory allocators.
 
 Routes (`ROUTES`): PyTorch fp32 eager (the reference), PyTorch bf16 autocast + channels-last, the same compiled
 with `torch.compile`, ONNX Runtime (fp32), OpenVINO with an explicit fp32 / bf16 precision hint, and OpenVINO INT8
