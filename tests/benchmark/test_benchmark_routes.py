@@ -39,3 +39,29 @@ def test_benchmark_leaves_out_or_marks_emulated_routes(monkeypatch):
     assert kept == routes and set(marked) == {"torch-bf16", "openvino-bf16"}
     monkeypatch.setattr(hardware, "native_bf16_here", lambda: (True, "CPU has AMX bf16"))
     assert native_routes(routes, explicit=False, log=lines.append) == (routes, {})
+
+
+def test_int8_route_selection_and_its_quantizer_package(monkeypatch):
+    import importlib.util
+
+    from attnseg.benchmark import ROUTES
+    from attnseg.cli.benchmark import installed_routes, select_routes
+
+    # --precision int8 keeps the INT8 route, and fp32 eager joins as the reference
+    assert select_routes(",".join(ROUTES), "int8", None) == ["torch-fp32", "openvino-int8"]
+    # Every other package "installed" (CI's first step has no OpenVINO): only the quantizer is missing
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "nncf" else object())
+    messages: list[str] = []
+    kept = installed_routes(["torch-fp32", "openvino-fp32", "openvino-int8"], explicit=False, log=messages.append)
+    assert kept == ["torch-fp32", "openvino-fp32"]
+    assert messages == [messages[0]] and "openvino-int8" in messages[0] and "attnseg[int8]" in messages[0]
+
+
+def test_int8_calibration_size_user_errors_are_one_line(capsys):
+    code = main(["benchmark", "psanet_r18_narrow", "--int8-calib-size", "100000", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--int8-calib-size 100000 64: more than the 16384 px per side" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code = main(["benchmark", "mscale_ocr_hrnet_w18_small_v1", "--size", "64", "128", "--scales", "0.5,1.0,16",
+                 "--int8-calib-size", "1024", "2048"])  # fmt: skip
+    assert code == 2 and "--scales" in capsys.readouterr().err

@@ -1,14 +1,16 @@
 """CPU inference benchmark: one model, one input size and scale list, several routes, ONE table; and the
-measurement scripts (``python -m attnseg.benchmark.<name>``: contention, eval, mscale_inference, psamask, score,
-train_step), which share its probes.
+measurement scripts (``python -m attnseg.benchmark.<name>``: allocator, contention, eval, mscale_inference, psamask,
+score, train_step), which share its probes.
 
 Modules: `memory` (/proc resident size and high-water mark), `flops` (FLOP counting), `rates` (matmul rates, CPU
-class, emulated routes, timing helpers), `children` (a function in a fresh process), `routes` (route table and the
-child workers), `calibration` (benchmark image, random-weight calibration), `spec` (what to run, what was measured),
-`report` (the table and target lines), `run` (`run_benchmark`).
+class, emulated routes, timing helpers), `int8` (int8 matmul products, runtime layer precisions, the quantizing
+child), `children` (a function in a fresh process), `routes` (route table and the child workers), `calibration`
+(benchmark image, random-weight calibration), `spec` (what to run, what was measured), `report` (the table and
+target lines), `run` (`run_benchmark`); `allocator` measures eager inference under other memory allocators.
 
 Routes (`ROUTES`): PyTorch fp32 eager (the reference), PyTorch bf16 autocast + channels-last, the same compiled
-with `torch.compile`, ONNX Runtime (fp32) and OpenVINO with an explicit fp32 / bf16 precision hint.
+with `torch.compile`, ONNX Runtime (fp32), OpenVINO with an explicit fp32 / bf16 precision hint, and OpenVINO INT8
+(`int8`: the exported graph quantized by `attnseg.export.quantize`, calibrated on synthetic scenes).
 
 How it measures (`run_benchmark`):
 
@@ -29,8 +31,11 @@ How it measures (`run_benchmark`):
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward of the model on the ``meta`` device
   (convolutions and matrix products; shape arithmetic only, nothing computed). The fp32 and bf16 matmul rates
   of this machine are measured with square `torch.mm` and, when installed, an OpenVINO MatMul at the same thread
-  count (the better of the two is the machine's rate); "TF/s" is FLOPs / median time and
-  "%bf16" its share of the measured bf16 matmul rate (best of repeated calls; CPU time with one thread).
+  count, and the same product as an OpenVINO 1x1 convolution (the best engine's is the machine's rate); the int8
+  rate with the OpenVINO products between FakeQuantize nodes that the runtime graph confirms run in u8 x i8, and
+  ``torch._int_mm``. "TF/s" is FLOPs / median time,
+  "%bf16" its share of the measured bf16 matmul rate and "%prec" its share of the rate of the route's own precision
+  (best of repeated calls; CPU time with one thread).
 - Memory target: the "+act" peak of the multi-scale forward against the largest scale's forward alone (the
   input resized by that scale, single-scale model), in the same route.
 """
@@ -38,17 +43,22 @@ How it measures (`run_benchmark`):
 from attnseg.benchmark.calibration import benchmark_image, calibrate_batchnorm
 from attnseg.benchmark.children import run_in_child
 from attnseg.benchmark.flops import count_flops
+from attnseg.benchmark.int8 import int_mm_rate, product_model, runtime_precisions
 from attnseg.benchmark.memory import GB, current_rss_bytes, peak_rss_bytes, reset_peak_memory
 from attnseg.benchmark.rates import (
     cpu_description,
     emulated_routes,
     machine_matmul_rate,
     matmul_rate,
+    matmul_rates,
     openvino_matmul_rate,
 )
 from attnseg.benchmark.report import (
     TARGET_AGREEMENT,
     TARGET_BF16_SHARE,
+    TARGET_FLOAT_SHARE,
+    TARGET_INT8_AGREEMENT,
+    TARGET_INT8_SPEEDUP,
     TARGET_MEMORY_RATIO,
     TARGET_SPEEDUP,
     achieved_rate,
@@ -62,9 +72,10 @@ from attnseg.benchmark.spec import BenchmarkReport, BenchmarkSpec, RouteResult
 
 __all__ = [
     "BACKEND_PACKAGES", "GB", "REFERENCE_ROUTE", "ROUTES", "TARGET_AGREEMENT", "TARGET_BF16_SHARE",
-    "TARGET_MEMORY_RATIO", "TARGET_SPEEDUP", "BenchmarkReport", "BenchmarkSpec", "RouteResult", "achieved_rate",
-    "benchmark_image", "calibrate_batchnorm", "count_flops", "cpu_description", "current_rss_bytes",
-    "emulated_routes", "format_report", "machine_matmul_rate", "matmul_rate", "missing_packages",
-    "openvino_matmul_rate", "peak_rss_bytes", "reset_peak_memory", "run_benchmark", "run_in_child", "speedup",
+    "TARGET_FLOAT_SHARE", "TARGET_INT8_AGREEMENT", "TARGET_INT8_SPEEDUP", "TARGET_MEMORY_RATIO", "TARGET_SPEEDUP",
+    "BenchmarkReport", "BenchmarkSpec", "RouteResult", "achieved_rate", "benchmark_image", "calibrate_batchnorm",
+    "count_flops", "cpu_description", "current_rss_bytes", "emulated_routes", "format_report", "int_mm_rate",
+    "machine_matmul_rate", "matmul_rate", "matmul_rates", "missing_packages", "openvino_matmul_rate", "peak_rss_bytes",
+    "product_model", "reset_peak_memory", "run_benchmark", "run_in_child", "runtime_precisions", "speedup",
     "target_lines",
 ]

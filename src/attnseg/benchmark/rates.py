@@ -1,8 +1,9 @@
-"""This machine: measured matmul rates (torch.mm and OpenVINO), its CPU class, its load, and the routes whose precision
-it only emulates; plus the timing helpers the measurement scripts share.
+"""This machine: measured matmul rates (torch.mm and OpenVINO for fp32/bf16; OpenVINO and ``torch._int_mm`` for int8,
+see `attnseg.benchmark.int8`), its CPU class, its load, and the routes whose precision it only emulates; plus the
+timing helpers the measurement scripts share.
 
-The rates are the yardstick of the benchmark table's "%bf16" column: achieved FLOP/s of a route over the best square
-matmul this machine runs at the same thread count.
+The rates are the yardstick of the benchmark table's "%bf16" and "%prec" columns: achieved FLOP/s of a route over the
+best square matmul this machine runs at the same thread count (in bf16, and in the route's own precision).
 """
 
 from __future__ import annotations
@@ -56,34 +57,80 @@ def matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads
     return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), seconds, clock)
 
 
-def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2) -> float | None:
-    """Measured FLOP/s of a square MatMul compiled by OpenVINO (``"fp32"`` or ``"bf16"`` precision hint), or None
-    when OpenVINO is not installed. On some CPUs OpenVINO's kernels beat `torch.mm`; the machine's rate is the
-    better of the two."""
+def openvino_matmul_rate(dtype_name: str, size: int = 2048, seconds: float = 1.0, threads: int = 2,
+                         kind: str = "matmul") -> float | None:
+    """Measured FLOP/s (ops/s for int8) of a size x size x size matrix product compiled by OpenVINO for the CPU, in
+    ``"fp32"``, ``"bf16"`` (precision hint) or ``"int8"`` (both inputs through FakeQuantize): a square MatMul
+    (`kind` ``"matmul"``) or the same product as a 1x1 Convolution (``"conv1x1"``), the kernel family of the model's
+    own layers. On some CPUs OpenVINO's kernels beat `torch.mm`; the machine's rate is the best engine's.
+
+    None when OpenVINO is not installed, or for int8 when the runtime graph does not run the product in u8/i8.
+    """
     try:
         import openvino as ov
-        import openvino.opset13 as ops
     except ImportError:
         return None
-    rng = np.random.default_rng(0)
-    left = ops.parameter([size, size], np.float32)
-    right = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
-    model = ov.Model([ops.matmul(left, right, False, False)], [left])
+    from attnseg.benchmark.int8 import int8_share, product_model, runtime_precisions
+
+    model, values = product_model(size, kind, quantized=dtype_name == "int8")
     config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype_name == "bf16" else "f32",
               "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
-    values = rng.standard_normal((size, size), dtype=np.float32)
-    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds)
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    if dtype_name == "int8":
+        int8_layers, layers = int8_share(runtime_precisions(compiled))
+        if layers == 0 or int8_layers != layers:
+            return None
+    request = compiled.create_infer_request()
+    clock = time.process_time if threads == 1 else time.perf_counter  # as `matmul_rate`
+    return 2.0 * size**3 / best_seconds(lambda: request.infer([values]), seconds, clock)
+
+
+EMULATED_SIZE = 256  # matrix size of torch.mm's bf16 rate where this CPU only emulates bf16
+# OpenVINO's engines of the rates. On the AVX2-only EPYC, 1 thread: int8 MatMul 0.09 TOP/s (a gemm kernel), int8 1x1
+# convolution 0.16 (fp32 0.08-0.09 both): a model's int8 convolutions ran faster than the MatMul "rate".
+OPENVINO_ENGINES = {"OpenVINO": "matmul", "OpenVINO 1x1 conv": "conv1x1"}
+
+
+def _native_bf16() -> bool:
+    from attnseg.hardware import native_bf16_here
+
+    return native_bf16_here()[0]
+
+
+def matmul_rates(dtype_name: str, threads: int = 2) -> dict[str, float]:
+    """Measured matmul rate of every engine available for ``"fp32"``, ``"bf16"`` or ``"int8"`` (FLOP/s or ops/s):
+    torch.mm (``torch._int_mm`` for int8), OpenVINO's MatMul and the same product as an OpenVINO 1x1 convolution."""
+    rates: dict[str, float] = {}
+    if dtype_name == "int8":
+        from attnseg.benchmark.int8 import int_mm_rate
+
+        torch_rate = int_mm_rate(threads=threads)
+        if torch_rate is not None:
+            rates["torch._int_mm"] = torch_rate
+    elif dtype_name == "bf16" and not _native_bf16():
+        # Emulated bf16 torch.mm runs at ~1/300 of fp32 here: a 2048 matmul would take a minute a call.
+        rates["torch.mm"] = matmul_rate(dtype_name, size=EMULATED_SIZE, threads=threads)
+    else:
+        rates["torch.mm"] = matmul_rate(dtype_name, threads=threads)
+    for engine, kind in OPENVINO_ENGINES.items():
+        openvino_rate = openvino_matmul_rate(dtype_name, threads=threads, kind=kind)
+        if openvino_rate is not None:
+            rates[engine] = openvino_rate
+    return rates
+
+
+def best_rate(rates: dict[str, float]) -> tuple[float, str]:
+    """(the best rate, its engine) of `matmul_rates`; (nan, "none") when no engine measured one."""
+    if not rates:
+        return float("nan"), "none"
+    engine = max(rates, key=rates.get)
+    return rates[engine], engine
 
 
 def machine_matmul_rate(dtype_name: str, threads: int = 2) -> tuple[float, str]:
-    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``)."""
-    rates = {"torch.mm": matmul_rate(dtype_name, threads=threads)}
-    openvino_rate = openvino_matmul_rate(dtype_name, threads=threads)
-    if openvino_rate is not None:
-        rates["OpenVINO"] = openvino_rate
-    engine = max(rates, key=rates.get)
-    return rates[engine], engine
+    """The best measured matmul rate of this machine and which engine reached it (``"torch.mm"``/``"OpenVINO"``;
+    ``"torch._int_mm"``/``"OpenVINO"`` for int8)."""
+    return best_rate(matmul_rates(dtype_name, threads))
 
 
 def cpu_description() -> str:

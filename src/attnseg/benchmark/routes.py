@@ -2,7 +2,9 @@
 ONNX/OpenVINO files, and one route's warm-up and timed calls with its memory high-water mark.
 
 Routes (`ROUTES`): PyTorch fp32 eager (the reference), PyTorch bf16 autocast + channels-last, the same compiled with
-`torch.compile`, ONNX Runtime (fp32) and OpenVINO with an explicit fp32 / bf16 precision hint.
+`torch.compile`, ONNX Runtime (fp32), OpenVINO with an explicit fp32 / bf16 precision hint, and OpenVINO INT8 (the
+exported graph quantized by `attnseg.export.quantize`, see `attnseg.benchmark.int8`; its float parts run in bf16
+where the CPU has it natively, else fp32).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ ROUTES: dict[str, dict[str, Any]] = {
     "onnxruntime": {"backend": "onnxruntime", "precision": "fp32"},
     "openvino-fp32": {"backend": "openvino", "precision": "fp32"},
     "openvino-bf16": {"backend": "openvino", "precision": "bf16"},
+    "openvino-int8": {"backend": "openvino", "precision": "int8", "packages": ("nncf",)},
 }
 REFERENCE_ROUTE = "torch-fp32"
-# Optional packages a route needs besides torch: every exported route is checked against ONNX Runtime after export.
+# Optional packages a route needs besides torch: every exported route is checked against ONNX Runtime after export;
+# a route's own "packages" come on top (the INT8 route's quantizer).
 BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
     "torch": (),
     "onnxruntime": ("onnx", "onnxruntime"),
@@ -38,7 +42,16 @@ def missing_packages(route: str) -> list[str]:
     """The optional packages `route` needs that are not installed (empty when it can run)."""
     import importlib.util
 
-    return [name for name in BACKEND_PACKAGES[ROUTES[route]["backend"]] if importlib.util.find_spec(name) is None]
+    needed = (*BACKEND_PACKAGES[ROUTES[route]["backend"]], *ROUTES[route].get("packages", ()))
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def int8_float_precision() -> str:
+    """Precision hint of the INT8 route's float parts (softmax, resizes, fusion): bf16 where this CPU runs it
+    natively, as a deployment would, else fp32."""
+    from attnseg.hardware import native_bf16_here
+
+    return "bf16" if native_bf16_here()[0] else "fp32"
 
 
 def export_worker(checkpoint: str, folder: str, shape: Sequence[int], scales: Sequence[float], threads: int,
@@ -92,14 +105,16 @@ def _route_backend(route: str, checkpoint: str, files: dict[str, str], scales: S
                             sidecar=sidecar)  # fmt: skip
     if options["backend"] == "onnxruntime":
         return OnnxRuntimeBackend(files["onnx"], threads=threads)
+    if options["precision"] == "int8":
+        return OpenVinoBackend(files["openvino-int8"], int8_float_precision(), threads=threads)
     return OpenVinoBackend(files["openvino"], options["precision"], threads=threads)
 
 
 def route_worker(route: str, checkpoint: str, files: dict[str, str], images_path: str, labels_path: str,
                  scales: Sequence[float], runs: int, warmup: int, threads: int) -> dict[str, Any]:
     """Child: load `route`'s model, reset the memory high-water mark, run `warmup` then `runs` timed calls; the
-    times (wall and CPU), the first call, the peak and added resident bytes. The last call's labels go to
-    `labels_path`."""
+    times (wall and CPU), the first call, the peak and added resident bytes, and for OpenVINO how many compute layers
+    run in each precision. The last call's labels go to `labels_path`."""
     set_threads(threads)
     images = np.load(images_path)
     backend = _route_backend(route, checkpoint, files, scales, threads)
@@ -125,5 +140,11 @@ def route_worker(route: str, checkpoint: str, files: dict[str, str], images_path
 
     labels = torch.from_numpy(np.asarray(logits, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
     np.save(labels_path, labels.max(dim=1).indices.to(torch.uint8).numpy())
-    return {"times": times, "cpu_times": cpu_times, "first_call": first_call, "peak_bytes": peak,
-            "added_bytes": max(peak - baseline, 0) if reset else 0}  # fmt: skip
+    result = {"times": times, "cpu_times": cpu_times, "first_call": first_call, "peak_bytes": peak,
+              "added_bytes": max(peak - baseline, 0) if reset else 0}  # fmt: skip
+    if hasattr(backend, "compiled_for"):  # OpenVINO: what its runtime graph really runs in (after the timing)
+        from attnseg.benchmark.int8 import runtime_precisions
+
+        result["layer_precisions"] = dict(runtime_precisions(backend.compiled_for(images.shape)))
+        result["float_precision"] = backend.precision
+    return result

@@ -1,8 +1,9 @@
 """`run_benchmark`: one model, one input size and scale list, every asked-for route in its own child process.
 
 The model is saved once as a native checkpoint (random weights calibrated on the benchmark image, when a model name
-is given) so that every route runs the same weights; ONNX/OpenVINO files are exported from it in a child process;
-then each route runs in a fresh child (`attnseg.benchmark.routes.route_worker`), its labels are compared with fp32
+is given) so that every route runs the same weights; ONNX/OpenVINO files are exported from it in a child process,
+and for the INT8 route the OpenVINO file is quantized in another (`attnseg.benchmark.int8.quantize_worker`); then each
+route runs in a fresh child (`attnseg.benchmark.routes.route_worker`), its labels are compared with fp32
 eager's, and for a multi-scale spec the largest scale's forward alone is measured for the memory target.
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 from attnseg.benchmark.calibration import benchmark_image, calibrate_batchnorm
 from attnseg.benchmark.children import run_in_child
 from attnseg.benchmark.flops import count_flops
-from attnseg.benchmark.rates import load_average, machine_matmul_rate
+from attnseg.benchmark.int8 import calibration_inputs, quantize_worker
+from attnseg.benchmark.rates import load_average, machine_matmul_rate, matmul_rates
 from attnseg.benchmark.routes import REFERENCE_ROUTE, ROUTES, export_worker, route_worker
 from attnseg.benchmark.spec import BenchmarkReport, BenchmarkSpec, RouteResult
 
@@ -66,6 +68,27 @@ def _export(spec: BenchmarkSpec, routes: Sequence[str], checkpoint: str, folder:
     return exported, seconds, dynamic
 
 
+def _quantize(spec: BenchmarkSpec, files: dict[str, str], folder: Path, shape: tuple[int, ...], dynamic: bool | None,
+              mean: Any, std: Any, log: Callable[[str], None]) -> tuple[float | None, str | None]:
+    """Quantize the exported OpenVINO graph for the INT8 route (adds ``files["openvino-int8"]``); (seconds, error).
+    At the input size the graph is fixed to `shape` first; at another calibration size the dynamic graph is
+    quantized as it is."""
+    size = tuple(spec.int8_calibration_size or spec.input_size)
+    if size != tuple(spec.input_size) and not dynamic:
+        return None, f"the exported graph has a fixed size; calibrate at {list(spec.input_size)}, not {list(size)}"
+    calibration = calibration_inputs(*size, spec.batch, spec.seed, spec.int8_calibration, mean, std)
+    np.save(folder / "calibration.npy", calibration)
+    log(f"quantizing the OpenVINO graph to INT8 (NNCF, {len(calibration)} calibration scene(s) at {size[0]}x{size[1]})")
+    outcome = run_in_child(quantize_worker, fp32_path=files["openvino"], out_path=str(folder / "model_int8.xml"),
+                           calibration_path=str(folder / "calibration.npy"),
+                           shape=shape if size == tuple(spec.input_size) else None, threads=spec.threads)  # fmt: skip
+    if "error" in outcome:
+        log(f"quantization failed: {outcome['error']}")
+        return None, f"quantization failed: {outcome['error']}"
+    files["openvino-int8"] = outcome["path"]
+    return outcome["seconds"], None
+
+
 def _run_route(spec: BenchmarkSpec, route: str, checkpoint: str, files: dict[str, str], folder: Path,
                log: Callable[[str], None]) -> RouteResult:
     slow = route in spec.slow_routes and spec.slow_runs is not None
@@ -84,6 +107,8 @@ def _run_route(spec: BenchmarkSpec, route: str, checkpoint: str, files: dict[str
     result.times, result.first_call = outcome["times"], outcome["first_call"]
     result.cpu_times = outcome.get("cpu_times", [])
     result.peak_bytes, result.added_bytes = outcome["peak_bytes"], outcome["added_bytes"]
+    result.layer_precisions = outcome.get("layer_precisions", {})
+    result.float_precision = outcome.get("float_precision")
     log(f"route {route}: median {result.median:.3f} s")
     return result
 
@@ -117,6 +142,7 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
         ValueError: a route name that is not in `ROUTES`.
         RuntimeError: the export child failed.
     """
+    from attnseg.hardware import native_bf16_here
     from attnseg.inference.preprocess import normalize_image
 
     unknown = [r for r in routes if r not in ROUTES]
@@ -137,14 +163,22 @@ def run_benchmark(spec: BenchmarkSpec, routes: Sequence[str], *, memory_check: b
         flops = count_flops(sidecar.model, sidecar.model_kwargs, sidecar.num_classes, shape, spec.scales)
         fp32_rate, fp32_engine = machine_matmul_rate("fp32", threads=spec.threads)
         bf16_rate, bf16_engine = machine_matmul_rate("bf16", threads=spec.threads)
+        int8_rates = matmul_rates("int8", threads=spec.threads)
 
         load_before = load_average()
         files, export_seconds, export_dynamic = _export(spec, routes, checkpoint, folder, shape, log)
-        results = [_run_route(spec, route, checkpoint, files, folder, log) for route in routes]
+        quantize_seconds, int8_error = None, None
+        if any(ROUTES[route]["precision"] == "int8" for route in routes):
+            quantize_seconds, int8_error = _quantize(spec, files, folder, shape, export_dynamic, sidecar.mean,
+                                                     sidecar.std, log)  # fmt: skip
+        results = [RouteResult(route, error=int8_error) if int8_error and ROUTES[route]["precision"] == "int8"
+                   else _run_route(spec, route, checkpoint, files, folder, log) for route in routes]  # fmt: skip
         _set_agreement(results, folder)
         check = _memory_check(spec, results, memory_route, checkpoint, folder, images, log) if memory_check else None
         return BenchmarkReport(spec, sidecar.model, flops, fp32_rate, bf16_rate, results, export_seconds, check,
-                               export_dynamic, (load_before, load_average()), (fp32_engine, bf16_engine))
+                               export_dynamic, (load_before, load_average()), (fp32_engine, bf16_engine),
+                               int8_rates=int8_rates, bf16_native=native_bf16_here()[0],
+                               quantize_seconds=quantize_seconds)  # fmt: skip
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)

@@ -24,6 +24,11 @@ class BenchmarkSpec:
         seed: random weights and input.
         slow_runs: timed calls for routes listed in `slow_routes` (e.g. 1 for fp32 eager at full size).
         slow_routes: routes run `slow_runs` times with no warm-up beyond the first call.
+        int8_calibration: synthetic scenes the INT8 route is calibrated on (other seeds than the measured image);
+            0 calibrates on the measured image itself.
+        int8_calibration_size: (H, W) of the calibration scenes; None: `input_size`. NNCF's statistics pass holds
+            most activations at once (W48, 3 scales: 5.8 GB at 256x512, a 72.6 GB allocation at 1024x2048), so a
+            large model can calibrate smaller scenes; the dynamic graph is then quantized and run at `input_size`.
     """
 
     model: str
@@ -36,6 +41,8 @@ class BenchmarkSpec:
     seed: int = 0
     slow_runs: int | None = None
     slow_routes: tuple[str, ...] = ()
+    int8_calibration: int = 1
+    int8_calibration_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -50,6 +57,8 @@ class RouteResult:
     added_bytes: int = 0
     agreement: float | None = None
     error: str | None = None
+    layer_precisions: dict[str, int] = field(default_factory=dict)  # OpenVINO: compute layers per runtime precision
+    float_precision: str | None = None  # OpenVINO: the precision hint its float layers ran with
 
     @property
     def median(self) -> float:
@@ -77,3 +86,15 @@ class BenchmarkReport:
     matmul_engines: tuple[str, str] = ("torch.mm", "torch.mm")  # which engine reached the fp32 / bf16 rate
     cpu: str = field(default_factory=lambda: cpu_description())
     emulated: dict[str, str] = field(default_factory=dict)  # route -> why its precision is emulated on this CPU
+    int8_rates: dict[str, float] = field(default_factory=dict)  # int8 matmul ops/s by engine (empty: not measured)
+    bf16_native: bool | None = None  # whether this CPU runs bf16 natively (None: not checked)
+    quantize_seconds: float | None = None  # the INT8 route's quantization (NNCF), when it ran
+
+    @property
+    def int8_rate(self) -> float:
+        """The best measured int8 matmul rate (nan when none was measured)."""
+        return max(self.int8_rates.values(), default=float("nan"))
+
+    def rate_of(self, precision: str) -> float:
+        """The measured matmul rate of ``"fp32"``, ``"bf16"`` or ``"int8"``."""
+        return {"fp32": self.fp32_rate, "bf16": self.bf16_rate, "int8": self.int8_rate}[precision]

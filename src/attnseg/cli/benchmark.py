@@ -1,10 +1,13 @@
 """`attnseg benchmark MODEL`: time every CPU inference route of one model and print ONE table.
 
 Routes: torch-fp32 (eager, the reference), torch-bf16 (bf16 autocast + channels-last), torch-compile (the same,
-compiled), onnxruntime (fp32), openvino-fp32, openvino-bf16 (explicit precision hints). For each: median/min/max
-seconds, images/s, speed-up over fp32 eager, achieved TFLOP/s and share of the measured bf16 matmul rate, peak
-resident memory, label agreement with fp32 eager, and the first call (compilation) time. Each route runs in its
-own child process; see `attnseg.benchmark` for how memory and FLOPs are measured.
+compiled), onnxruntime (fp32), openvino-fp32, openvino-bf16 (explicit precision hints), openvino-int8 (the exported
+graph quantized with NNCF as `attnseg quantize` does, calibrated on --int8-calib synthetic scenes; needs the int8
+extra). For each: median/min/max seconds, images/s, speed-up over fp32 eager, achieved TFLOP/s and its share of the
+measured bf16 matmul rate and of the rate of the route's own precision (fp32, bf16 or int8), peak resident memory,
+label agreement with fp32 eager, and the first call (compilation) time; for OpenVINO routes, how many convolutions
+and matrix products the runtime graph ran in each precision. Each route runs in its own child process; see
+`attnseg.benchmark` for how memory and FLOPs are measured.
 
 Example (README table): ``attnseg benchmark mscale_ocr_hrnet_w48 --size 1024 2048 --scales 0.5,1.0,2.0
 --slow-routes torch-fp32 --slow-runs 1``
@@ -36,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="in-model scales (MscaleOCR), e.g. 0.5,1.0,2.0")
     parser.add_argument("--routes", default=None,
                         help=f"comma list of {', '.join(ROUTES)} (default: all whose packages are installed)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
                         help="keep only the routes of this precision (torch-fp32 is always run as the reference)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-compile drops the torch-compile route")  # fmt: skip
@@ -45,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slow-routes", default="", help="routes timed --slow-runs times without warm-up")
     parser.add_argument("--slow-runs", type=positive_int, default=1, help="timed runs of the slow routes (default 1)")
     parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads per runtime (default 2)")
+    parser.add_argument("--int8-calib", type=non_negative_int, default=1,
+                        help="synthetic scenes (other than the measured one) the INT8 route is calibrated on; 0: the "
+                             "measured image itself (default 1)")  # fmt: skip
+    parser.add_argument("--int8-calib-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                        help="size of the calibration scenes (default --size); NNCF holds most activations at once "
+                             "(W48, 3 scales: 5.8 GB at 256 512), so large models calibrate smaller")  # fmt: skip
     parser.add_argument("--no-memory-check", action="store_true", help="skip the largest-scale-alone memory run")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep checkpoint/exports/labels here")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this text file")
@@ -52,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Refuse an input size (scales included) above the size limit and an --out path that is a folder.
+    """Refuse an input or calibration size (scales included) above the size limit and an --out path that is a folder.
 
     Raises:
         ConfigError: naming the option, the value and the limit.
@@ -61,13 +70,15 @@ def validate(args: argparse.Namespace) -> None:
     from attnseg.errors import ConfigError
     from attnseg.inference.scales import MAX_SIDE, check_scaled_input
 
-    height, width = args.size
-    if max(height, width) > MAX_SIDE:
-        raise ConfigError(f"--size {height} {width}: more than the {MAX_SIDE} px per side attnseg allows")
-    try:
-        check_scaled_input(height, width, tuple(args.scales), "--size")
-    except ConfigError as error:
-        raise ConfigError(f"--scales: {error}") from None
+    for flag, size in (("--size", args.size), ("--int8-calib-size", args.int8_calib_size)):
+        if size is None:
+            continue
+        if max(size) > MAX_SIDE:
+            raise ConfigError(f"{flag} {size[0]} {size[1]}: more than the {MAX_SIDE} px per side attnseg allows")
+        try:
+            check_scaled_input(size[0], size[1], tuple(args.scales), flag)
+        except ConfigError as error:
+            raise ConfigError(f"--scales: {error}") from None
     check_output_file(args.out, "--out")
 
 
@@ -137,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     spec = BenchmarkSpec(
         model=args.model, input_size=(args.size[0], args.size[1]), scales=tuple(args.scales), batch=args.batch,
         runs=args.runs, warmup=args.warmup, threads=args.threads, slow_runs=args.slow_runs if slow else None,
-        slow_routes=slow,
+        slow_routes=slow, int8_calibration=args.int8_calib,
+        int8_calibration_size=tuple(args.int8_calib_size) if args.int8_calib_size else None,
     )  # fmt: skip
     report = run_benchmark(spec, routes, memory_check=not args.no_memory_check, work_dir=args.work_dir, log=log)
     report.emulated = emulated

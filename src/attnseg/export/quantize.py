@@ -119,6 +119,7 @@ def quantize_ir(
     calibration: Sequence[np.ndarray],
     settings: QuantizationSettings = QuantizationSettings(),
     source: str | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> ExportSidecar:
     """Quantize an fp32 OpenVINO IR (from `attnseg export --format openvino`) and write the INT8 IR + sidecar.
 
@@ -128,6 +129,8 @@ def quantize_ir(
         calibration: normalised (1, 3, H, W) float32 inputs; NNCF's statistics come from all of them.
         settings: model type, preset and parts kept in floating point.
         source: what the fp32 graph came from, for the record (default: `fp32_path`).
+        input_shape: reshape a graph with dynamic height/width to this static (N, 3, H, W) first: calibration
+            statistics belong to one input size, and the INT8 graph then records that size.
 
     Returns:
         The sidecar written beside `out_path`: the fp32 graph's, with ``extra["quantization"]`` recording the tool,
@@ -140,6 +143,10 @@ def quantize_ir(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     sidecar = read_export_sidecar(fp32_path)
     model = ov.Core().read_model(str(fp32_path))
+    if input_shape is not None:
+        shape = [int(size) for size in input_shape]
+        model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(shape)})
+        sidecar = dataclasses.replace(sidecar, input_shape=shape)
     options: dict[str, Any] = dict(
         subset_size=len(calibration), fast_bias_correction=settings.fast_bias_correction,
         preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
