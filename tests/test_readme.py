@@ -98,12 +98,12 @@ RUNS: dict[str, Run] = {
                                                                                           "128")),
     "attnseg make-synthetic data/unlabelled --train 260 --val 0 --seed 11": Run({"260": "3"}, ("--height", "64",
                                                                                                 "--width", "128")),
-    "attnseg train configs/demo_mscale.yaml --out runs/teacher data.root=data/few train.iters=600":
-        Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
+    "attnseg train configs/demo_mscale.yaml --out runs/teacher data.root=data/few train.iters=1250":
+        Run({"train.iters=1250": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg autolabel runs/teacher data/unlabelled/leftImg8bit/train --out data/few --truth data/unlabelled":
         Run(append=("--no-progress",)),
     "attnseg train configs/demo_mscale.yaml --out runs/student data.root=data/few data.coarse=autolabelled "
-    "train.iters=600": Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
+    "train.iters=1250": Run({"train.iters=1250": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg eval configs/demo_mscale.yaml --weights runs/student data.root=data/few": Run(append=tuple(_TINY_EVAL)),
     "attnseg quantize runs/demo --calib split:val --calib-count 16 --out model_int8.xml": Run(needs=("openvino", "nncf")),
     "attnseg eval runs/demo/run/config.yaml --weights model_int8.xml --backend openvino eval.flip=false":
