@@ -35,6 +35,8 @@ def _table(out: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_eval_throughput_table(tmp_path, backend):
+    if backend == "openvino":  # CI's second step installs it and runs the tests named openvino
+        pytest.importorskip("openvino")
     table = tmp_path / "table.txt"
     out = run_script("--images", "2", "--height", "64", "--width", "128", "--model",
                      "mscale_ocr_hrnet_w18_small_v1", "--threads", "1", "--workers", "1", "--backend", backend,
