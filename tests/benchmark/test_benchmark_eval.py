@@ -47,7 +47,8 @@ def test_eval_throughput_table(tmp_path, backend):
     assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined",
                           "pipelined, no dumps"]
     model_seconds, model_cpu = float(rows["model alone"][0]), float(rows["model alone"][4])
-    assert rows["model alone"][0] == rows["model alone"][2]  # alone, the run is all forward
+    alone_run, alone_forward = float(rows["model alone"][0]), float(rows["model alone"][2])
+    assert abs(alone_run - alone_forward) <= 0.002 + 0.02 * alone_forward  # alone, the run is all forward (timed twice)
 
     def ratio_tolerance(a, b):  # the table rounds seconds to 3 decimals and shares to 0.1 %
         return 0.0005 / a + 0.0005 / b + 0.002
