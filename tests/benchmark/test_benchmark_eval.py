@@ -3,6 +3,7 @@ shares outside the model), the stage table and the verdict, at the smallest opti
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -67,10 +68,19 @@ def test_eval_throughput_table(tmp_path, backend):
     stages = [line.rsplit(None, 1)[0].strip() for line in lines[first : lines.index("", first)]]
     assert stages == ["decode image", "decode label", "normalise", "labels, before (max over NCHW)",
                       "counts, before (long tensors)", "labels (first_max_labels)", "counts (numpy bins)", "dump"]
-    assert ("OpenVINO fp32" in out) == (backend == "openvino") and "\nmachine: " in out
+    assert bool(re.search(r"OpenVINO (fp32|bf16) \(scales", out)) == (backend == "openvino") and "\nmachine: " in out
+
     assert "target: data + labels + counts + dumps <= 10% of the model time: pipelined" in out
     assert "rounds: 2 (means)" in out
     assert table.read_text() == out
+
+
+def test_eval_throughput_precision_follows_the_cpu():
+    from attnseg.benchmark.eval import openvino_precision
+    from attnseg.hardware import resolve_openvino_precision
+
+    assert openvino_precision("fp32") == "fp32"
+    assert openvino_precision("auto") == resolve_openvino_precision("auto").precision
 
 
 def test_code_before_pipelining_is_restored_and_counts_the_same():

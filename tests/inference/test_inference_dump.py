@@ -73,3 +73,31 @@ def test_scale_map_images_and_compare_strip():
     truth = np.where((label < 19)[..., None], CITYSCAPES_PALETTE[label % 19], 0)  # ignored pixels are black
     assert np.array_equal(strip[:, 3:6], truth)
     assert compare_strip(image, None, image, CITYSCAPES_PALETTE).shape == (2, 6, 3)
+
+
+def test_colorize_large_maps_match_the_table_lookup():
+    from attnseg.inference.dump import colorize
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 256, (300, 400)).astype(np.uint8)  # large enough for the LUT path, 255s included
+    table = np.zeros((256, 3), np.uint8)
+    table[:19] = CITYSCAPES_PALETTE
+    assert np.array_equal(colorize(ids, CITYSCAPES_PALETTE), table[ids])
+    assert np.array_equal(colorize(ids[:10, :10], CITYSCAPES_PALETTE), table[ids[:10, :10]])
+
+
+def test_compare_strip_shrinks_wide_panels():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 200, 3)).astype(np.uint8)
+    label = np.repeat(np.arange(20), 10)[None].repeat(40, axis=0)  # 10-pixel columns of classes 0..18 and 19
+    label[:, -10:] = 255
+    strip = compare_strip(image, label, image, CITYSCAPES_PALETTE, max_panel_width=100)
+    assert strip.shape == (20, 300, 3)
+    truth = strip[:, 100:200]
+    # nearest resizing keeps one class per 5-pixel column, ignored columns black; no colour is blended
+    for column in range(0, 100, 5):
+        klass = label[0, column * 2]
+        expected = CITYSCAPES_PALETTE[klass] if klass < 19 else (0, 0, 0)
+        assert (truth[:, column:column + 5] == np.asarray(expected, np.uint8)).all()
+    full = compare_strip(image, label, image, CITYSCAPES_PALETTE, max_panel_width=None)
+    assert full.shape == (40, 600, 3)

@@ -1,7 +1,8 @@
 """Evaluation throughput: the whole `attnseg eval` loop against the model alone (target: <= 10 % outside the model).
 
 Writes `--images` synthetic street scenes of HxW with their label PNGs as a folder dataset, exports the model to
-OpenVINO fp32 (the fastest float route on an AVX2 CPU; ``--backend torch`` runs eager PyTorch instead) and times, on
+OpenVINO at the fastest float precision of the CPU (``--precision auto``: bf16 with AMX or AVX-512 bf16, else fp32;
+``--backend torch`` runs eager PyTorch instead) and times, on
 the same images, one after the other:
 
 - ``model alone``: the backend's forward on batches decoded and normalised beforehand (what the eval loop calls);
@@ -40,13 +41,14 @@ import torch
 
 from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, id_to_train_id
 from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.inference import dump
 from attnseg.inference.eval_job import EvalOutputs
 from attnseg.inference.evaluate import InferenceRecipe, evaluate_model, model_forward, scores_to_labels
 from attnseg.inference.preprocess import normalize_image
 from attnseg.metrics.confusion import ConfusionMatrix
 from attnseg.models.outputs import logits_of
 
-DEFAULT_DUMP_KINDS = "color,overlay,labelIds,compare"  # what `attnseg eval --dump` writes by default
+DEFAULT_DUMP_KINDS = ",".join(dump.DEFAULT_DUMP_KINDS)  # what `attnseg eval --dump` writes by default
 TARGET_SHARE = 0.10
 
 
@@ -110,9 +112,19 @@ def load_subject(args: argparse.Namespace, folder: Path, scene: np.ndarray) -> S
     clock = time.perf_counter()
     export_openvino(model, path, (1, 3, args.height, args.width), scales=scales, sidecar=sidecar, verify=False)
     seconds = time.perf_counter() - clock
-    backend = OpenVinoBackend(path, "fp32", threads=args.threads)
-    description = f"{name}, OpenVINO fp32 (scales {list(scales)} in the graph, export {seconds:.0f} s)"
+    precision = openvino_precision(args.precision)
+    backend = OpenVinoBackend(path, precision, threads=args.threads)
+    description = f"{name}, OpenVINO {precision} (scales {list(scales)} in the graph, export {seconds:.0f} s)"
     return Subject(BackendModule(backend), InferenceRecipe(), description, mean, std)
+
+
+def openvino_precision(requested: str) -> str:
+    """The OpenVINO hint to time: "auto" is the fastest float one of this CPU (bf16 where it runs natively)."""
+    from attnseg.hardware import announce, resolve_openvino_precision
+
+    choice = resolve_openvino_precision(requested)
+    announce(choice)
+    return choice.precision
 
 
 def _long_tensor_counts(pred: np.ndarray, target: np.ndarray, k: int, ignore_index: int) -> np.ndarray:
@@ -314,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scales", default="1.0", type=lambda text: [float(s) for s in text.split(",")],
                         help="in-model scales (hierarchical fusion), e.g. 0.5,1.0,2.0")
     parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="OpenVINO precision hint; auto: bf16 where the CPU runs it natively, else fp32")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)

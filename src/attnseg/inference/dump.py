@@ -7,7 +7,8 @@ Layout under the output folder (one sub-folder per kind, so that e.g. ``labelIds
     overlay/<name>.png      prediction blended over the input image
     trainIds/<name>.png     raw 8-bit trainIds (0..18)
     labelIds/<name>.png     8-bit Cityscapes labelIds (what the benchmark reads)
-    compare/<name>.png      input | ground truth | prediction side by side (when ground truth exists)
+    compare/<name>.png      input | ground truth | prediction side by side (when ground truth exists), each panel
+                            at most 1024 pixels wide
     confidence/<name>.png   top fused class probability, round(255 * p) (`attnseg.inference.confidence`)
     scales/<name>_attn_<s>x.png, scales/<name>_pred_<s>x.png   MscaleOCR per-scale attention / predictions
 
@@ -40,7 +41,11 @@ def colorize(train_ids: np.ndarray, palette: np.ndarray, ignore_color: Sequence[
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     table = np.tile(np.asarray(ignore_color, dtype=np.uint8), (256, 1))
     table[: len(palette)] = palette[:256]
-    return table[np.asarray(train_ids).astype(np.uint8, copy=False)]
+    ids = np.asarray(train_ids).astype(np.uint8, copy=False)
+    if ids.ndim != 2 or ids.size < 1 << 16:
+        return table[ids]
+    # Three 8-bit lookups are ~5x faster than numpy's fancy indexing on a 1024x2048 map (33 -> 6 ms).
+    return cv2.merge([cv2.LUT(ids, np.ascontiguousarray(table[:, channel])) for channel in range(3)])
 
 
 def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -94,12 +99,36 @@ def scale_map_images(
     return images + [(f"pred_{_scale_tag(scale)}", colorize(ids, palette)) for scale, ids in scale_labels.items()]
 
 
-def compare_strip(image: np.ndarray, label: np.ndarray | None, blended: np.ndarray, palette: np.ndarray) -> np.ndarray:
+COMPARE_PANEL_WIDTH = 1024
+
+
+def compare_strip(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    blended: np.ndarray,
+    palette: np.ndarray,
+    max_panel_width: int | None = COMPARE_PANEL_WIDTH,
+) -> np.ndarray:
     """input | ground truth in the palette (ignored pixels black; left out when `label` is None) | prediction
-    over the input (`blended`), side by side."""
+    over the input (`blended`), side by side.
+
+    Panels wider than `max_panel_width` are shrunk to it (area averaging for the pictures, nearest for the labels):
+    a 1024x2048 frame makes a 512x3072 strip, which encodes ~9x faster than the full 1024x6144 one and is still
+    wider than a screen. ``None`` keeps the full size.
+    """
+    if label is not None:
+        label = np.asarray(label)
+        label = np.where((label >= 0) & (label < 256), label, 255).astype(np.uint8)
+    height, width = blended.shape[:2]
+    if max_panel_width is not None and width > max_panel_width:
+        size = (max_panel_width, max(1, round(height * max_panel_width / width)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        blended = cv2.resize(blended, size, interpolation=cv2.INTER_AREA)
+        if label is not None:
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
     panels = [image]
     if label is not None:
-        panels.append(colorize(np.where(label < 256, label, 255), palette))
+        panels.append(colorize(label, palette))
     panels.append(blended)
     return np.concatenate(panels, axis=1)
 
