@@ -50,8 +50,12 @@ def test_table_columns_rows_and_targets():
 
 def test_speed_target_needs_the_agreement_too():
     lines = target_lines(_report(fast_agreement=0.9, int8_agreement=0.9))
-    assert lines[0].startswith("speed target") and "12.00x at 90.00% -> NOT MET" in lines[0]
+    # no fast route keeps the bound: the verdict is the fastest that does (fp32, too slow)
+    assert lines[0].startswith("speed target") and "fastest openvino-fp32 3.00x at 100.00% -> NOT MET" in lines[0]
     assert speedup(0.0, 1.0) != speedup(0.0, 1.0)  # nan without a reference time
+    # an INT8 route below the bound leaves the verdict to the fastest float route that keeps it
+    lines = target_lines(_report(fast_agreement=0.999, int8_agreement=0.9))
+    assert "fastest openvino-bf16 6.00x at 99.90% -> MET" in lines[0]
 
 
 def test_int8_target_is_against_the_fastest_native_float_route():
