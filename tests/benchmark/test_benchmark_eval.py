@@ -28,7 +28,8 @@ def header_after(out: str, first_word: str) -> list[str]:
 def _table(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
-        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined", "pipelined, no dumps"):
+        for name in ("model alone", "eval, before", "eval, --no-pipeline", "eval, --pipeline", "eval, default",
+                     "default, no dumps"):
             if line.startswith(name + " "):
                 rows[name] = line[len(name):].split()
     return rows
@@ -45,8 +46,8 @@ def test_eval_throughput_table(tmp_path, backend):
     assert header_after(out, "run") == ["run", "s/image", "images/s", "forward", "s/image", "outside", "the", "model",
                                         "CPU", "s/image", "outside,", "CPU"]
     rows = _table(out)
-    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, pipelined",
-                          "pipelined, no dumps"]
+    assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, --pipeline", "eval, default",
+                          "default, no dumps"]
     model_seconds, model_cpu = float(rows["model alone"][0]), float(rows["model alone"][4])
     alone_run, alone_forward = float(rows["model alone"][0]), float(rows["model alone"][2])
     assert abs(alone_run - alone_forward) <= 0.002 + 0.02 * alone_forward  # alone, the run is all forward (timed twice)
@@ -70,7 +71,8 @@ def test_eval_throughput_table(tmp_path, backend):
                       "counts, before (long tensors)", "labels (first_max_labels)", "counts (numpy bins)", "dump"]
     assert bool(re.search(r"OpenVINO (fp32|bf16) \(scales", out)) == (backend == "openvino") and "\nmachine: " in out
 
-    assert "target: data + labels + counts + dumps <= 10% of the model time: pipelined" in out
+    assert "target: data + labels + counts + dumps <= 10% of the model time: default" in out
+    assert "eval, default: what `attnseg eval` does here (pipeline auto -> " in out
     assert "rounds: 2 (means)" in out
     assert table.read_text() == out
 

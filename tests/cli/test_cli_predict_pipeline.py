@@ -68,7 +68,7 @@ def _files(out):
 def test_pipelined_predict_writes_what_the_sequential_one_writes(tmp_path, weights, capsys):
     _inputs(tmp_path / "in")
     runs = {}
-    for mode, extra in (("sequential", ["--no-pipeline"]), ("pipelined", [])):
+    for mode, extra in (("sequential", ["--no-pipeline"]), ("pipelined", ["--pipeline"])):
         code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / mode), "--overlay",
                      "--confidence", "--no-progress", *extra])
         captured = capsys.readouterr()

@@ -272,3 +272,20 @@ def test_pipelined_stopped_early_cancels_what_has_not_started():
     time.sleep(0.1)
     assert len(started) <= 5
     assert not _pipeline_threads()
+
+
+def test_choose_pipeline_only_beside_free_cores():
+    from attnseg.inference.pipeline import choose_pipeline
+
+    # the model's threads take every core: everything in line, no loader workers
+    inline = choose_pipeline(None, compute_threads=2, workers=2, cores=2)
+    assert (inline.pipeline, inline.workers) == (False, 0) and "--pipeline forces" in inline.reason
+    # cores left beside the model: read ahead with the configured workers
+    spare = choose_pipeline(None, compute_threads=2, workers=2, cores=8)
+    assert (spare.pipeline, spare.workers) == (True, 2) and "6 of 8 cores" in spare.reason
+    # a GPU model (0 CPU threads) leaves the cores free
+    assert choose_pipeline(None, compute_threads=0, workers=1, cores=2).pipeline
+    # an explicit choice is kept, workers included
+    assert choose_pipeline(True, 2, 2, cores=2) == choose_pipeline(True, 2, 2, cores=2)
+    assert (choose_pipeline(True, 2, 2, cores=2).pipeline, choose_pipeline(True, 2, 2, cores=2).workers) == (True, 2)
+    assert (choose_pipeline(False, 2, 2, cores=8).pipeline, choose_pipeline(False, 2, 2, cores=8).workers) == (False, 2)

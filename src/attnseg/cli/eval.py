@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--submission", type=Path, default=None, help="write Cityscapes server labelId PNGs here")
     parser.add_argument("--json", type=Path, default=None, help="write metrics and the recipe as JSON (a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-pipeline", action="store_true",
-                        help="no reading ahead and writing behind the model in background threads (for comparison)")
+    parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
+                        help="read ahead (loader workers, a thread) and write behind the model (default: only where "
+                             "cores are left beside the model's threads; --no-pipeline: everything in line)")
     parser.set_defaults(func=run)
 
 
@@ -235,8 +237,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup = prepare_eval(args)
     eval_cfg, data_cfg, dataset = setup.eval_cfg, setup.data_cfg, setup.dataset
+    plan = _pipeline_plan(args, eval_cfg, setup.model.device)
     loader = build_eval_loader(data_cfg, eval_cfg.split, batch_size=eval_cfg.batch_size,
-                               num_workers=eval_cfg.num_workers, dataset=dataset)  # fmt: skip
+                               num_workers=plan.workers, dataset=dataset)  # fmt: skip
     outputs = EvalOutputs(setup.class_names, setup.model.palette, data_cfg.mean, data_cfg.std, dump_dir=args.dump,
                           dump_kinds=setup.dump_kinds, submission_dir=args.submission, topn=args.dump_topn or 0,
                           ignore_index=data_cfg.ignore_index)  # fmt: skip
@@ -246,9 +249,23 @@ def run(args: argparse.Namespace) -> int:
           f"{eval_cfg.precision}, {setup.model.device}")  # fmt: skip
     result = run_evaluation(setup.model, loader, recipe_of(eval_cfg), outputs=outputs,
                             ignore_index=data_cfg.ignore_index, progress=not args.no_progress,
-                            pipeline=not args.no_pipeline)  # fmt: skip
+                            pipeline=plan.pipeline)  # fmt: skip
     _report(args, setup, result, outputs)
     return 0
+
+
+def _pipeline_plan(args: argparse.Namespace, eval_cfg, device):
+    """`choose_pipeline` for the model's threads on a CPU (a GPU's work leaves the cores free), its line printed when
+    it changed what the config asked."""
+    import torch
+
+    from attnseg.inference.pipeline import choose_pipeline
+
+    threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 0
+    choice = choose_pipeline(args.pipeline, threads, eval_cfg.num_workers)
+    if args.pipeline is None and not choice.pipeline:
+        print(choice.reason, file=sys.stderr)
+    return choice
 
 
 def _report(args: argparse.Namespace, setup: EvalSetup, run, outputs) -> None:

@@ -68,9 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "<name>_pred_<s>x.png; not with sliding windows)")
     add_recipe_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-pipeline", action="store_true",
-                        help="read, predict and write one image after the other (default: the next image is read and "
-                             "the last one written while the model runs)")
+    parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
+                        help="read the next image and write the last one while the model runs (--no-pipeline: one "
+                             "image after the other; default: only where cores are left beside the model's threads)")
     add_tiling_arguments(parser)
     parser.set_defaults(func=run, validate=validate)
 
@@ -429,7 +429,9 @@ def run(args: argparse.Namespace) -> int:
 
     from attnseg.cli import notes
     from attnseg.fileio import remove_stale_temporaries
-    from attnseg.inference.pipeline import SerializedCalls, pipelined
+    import torch
+
+    from attnseg.inference.pipeline import SerializedCalls, choose_pipeline, pipelined
 
     remove_stale_temporaries(args.out)
     collection = collect_inputs(args.inputs, args.out)
@@ -454,7 +456,11 @@ def run(args: argparse.Namespace) -> int:
         return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
                              attention=args.attention)  # fmt: skip
 
-    window = 1 if args.no_pipeline else 2
+    threads = torch.get_num_threads() if predictor.device.type == "cpu" else 0
+    choice = choose_pipeline(args.pipeline, threads, 0)
+    if args.pipeline is None and not choice.pipeline:
+        print(choice.reason, file=sys.stderr)
+    window = 2 if choice.pipeline else 1
     results = pipelined(collection.items, job, window=window, inline=lambda item: item.is_video)
     for item, result in tqdm(results, total=len(collection.items), desc="predict", unit="file", disable=not progress,
                              dynamic_ncols=True):  # fmt: skip

@@ -13,6 +13,13 @@ encoders, zlib, numpy and torch release the GIL while they work.
   window of threads, results handed back in input order; the jobs share the model through a `SerializedCalls`
   proxy, so one forward runs at a time while the other job reads or writes.
 
+`choose_pipeline` decides whether any of this pays: work beside the model only helps on cores the model's threads
+leave free. Where its threads take every core (2 threads on the 2-core project machine), a loader worker decoding
+or a writer encoding preempts one of them and the other waits at every barrier: measured on the idle AMX machine,
+the demo model's 1.27 s OpenVINO forward took 2.05-2.23 s beside two loader workers and 1.56 s beside the writer
+thread, 1.28-1.33 s with everything in line, and the whole loop took 1.73 s per image in line against 2.42 s
+read ahead and written behind with two loader workers.
+
 All three stop their threads on exit, so an exception or Ctrl-C in the caller leaves nothing running behind it
 (a job already started is finished: the writers write atomically, `attnseg.fileio`).
 """
@@ -25,12 +32,44 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _END = object()
+
+
+@dataclass(frozen=True)
+class PipelineChoice:
+    """Whether to read ahead / write behind (`pipeline`), the loader workers to use and one line saying why."""
+
+    pipeline: bool
+    workers: int
+    reason: str
+
+
+def choose_pipeline(requested: bool | None, compute_threads: int, workers: int, cores: int | None = None) -> PipelineChoice:
+    """Background threads and loader workers only where cores are left beside the model's threads.
+
+    Args:
+        requested: True or False (``--pipeline`` / ``--no-pipeline``) are kept; None decides from the cores.
+        compute_threads: the threads the model runs on.
+        workers: the configured loader workers (``eval.num_workers``), kept unless the decision is "in line".
+        cores: cores this process may use (default: its affinity mask).
+    """
+    from attnseg.hardware import available_cores
+
+    cores = available_cores() if cores is None else cores
+    if requested is not None:
+        return PipelineChoice(requested, workers, f"pipeline {'on' if requested else 'off'} (asked)")
+    if cores > compute_threads:
+        return PipelineChoice(True, workers, f"pipeline auto -> on: {cores - compute_threads} of {cores} cores beside "
+                                             f"the model's {compute_threads} threads read ahead and write behind")
+    return PipelineChoice(False, 0, f"pipeline auto -> off: the model's {compute_threads} threads take all {cores} "
+                                    "cores, so reading, counting and writing run in line, without loader workers "
+                                    "(beside the model they would stall it); --pipeline forces them")
 
 
 class _Failure:
