@@ -94,9 +94,9 @@ RUNS: dict[str, Run] = {
         Run(append=("--input-shape", "1", "3", "64", "128")),
     "attnseg predict model.onnx images/ --backend onnxruntime --out predictions": Run(),
     "attnseg autolabel runs/fine data/cityscapes --out data/cityscapes --refine-coarse": Run(append=("--no-progress",)),
-    "attnseg make-synthetic data/few --train 40 --val 30": Run({"40": "3", "30": "2"}, ("--height", "64", "--width",
+    "attnseg make-synthetic data/few --train 10 --val 30": Run({"10": "3", "30": "2"}, ("--height", "64", "--width",
                                                                                           "128")),
-    "attnseg make-synthetic data/unlabelled --train 260 --val 0 --seed 11": Run({"260": "3"}, ("--height", "64",
+    "attnseg make-synthetic data/unlabelled --train 290 --val 0 --seed 11": Run({"290": "3"}, ("--height", "64",
                                                                                                 "--width", "128")),
     "attnseg train configs/demo_mscale.yaml --out runs/teacher data.root=data/few train.iters=1250":
         Run({"train.iters=1250": "train.iters=2"}, _DEMO_TRAIN),
@@ -105,6 +105,12 @@ RUNS: dict[str, Run] = {
     "attnseg train configs/demo_mscale.yaml --out runs/student data.root=data/few data.coarse=autolabelled "
     "train.iters=1250": Run({"train.iters=1250": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg eval configs/demo_mscale.yaml --weights runs/student data.root=data/few": Run(append=tuple(_TINY_EVAL)),
+    "attnseg train configs/demo_mscale.yaml --out runs/student_ft data.root=data/few data.coarse=autolabelled "
+    "model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
+        Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
+    "attnseg train configs/demo_mscale.yaml --out runs/teacher_ft data.root=data/few "
+    "model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
+        Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg quantize runs/demo --calib split:val --calib-count 16 --out model_int8.xml": Run(needs=("openvino", "nncf")),
     "attnseg eval runs/demo/run/config.yaml --weights model_int8.xml --backend openvino eval.flip=false":
         Run(append=tuple(_TINY_EVAL), needs=("openvino", "nncf")),

@@ -94,7 +94,8 @@ def test_next_image_is_read_while_the_model_runs(tmp_path, weights, monkeypatch,
         return read_image(path)
 
     monkeypatch.setattr(predictor_module, "read_image", recording_read)
-    code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress",
+                 "--pipeline"])  # 2-core machines read in line by default
     assert code == 0, capsys.readouterr().err
     assert sorted(name for _, name, _ in events) == [f"img{index}.png" for index in range(5)]
     assert any(running for *_, running in events)  # some image was decoded during another one's forward

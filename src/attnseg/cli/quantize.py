@@ -135,7 +135,8 @@ def _fp32_graph(args: argparse.Namespace, config, size: tuple[int, int], folder:
     if scales is None and config is not None and config.eval.multi_scale == "hierarchical":
         scales = tuple(config.eval.scales)
     target = folder / "fp32.xml"
-    print(f"exporting {description} at 1x3x{size[0]}x{size[1]}, scales {list(scales) if scales else 'the model'}s",
+    scale_text = list(scales) if scales else "(the model's own)"
+    print(f"exporting {description} at 1x3x{size[0]}x{size[1]}, scales {scale_text}",
           file=sys.stderr)  # fmt: skip
     export_openvino(model, target, (1, 3, *size), scales=scales, sidecar=sidecar, verify=False)
     return target

@@ -50,7 +50,9 @@ class PipelineChoice:
     reason: str
 
 
-def choose_pipeline(requested: bool | None, compute_threads: int, workers: int, cores: int | None = None) -> PipelineChoice:
+def choose_pipeline(
+    requested: bool | None, compute_threads: int, workers: int, cores: int | None = None
+) -> PipelineChoice:
     """Background threads and loader workers only where cores are left beside the model's threads.
 
     Args:
