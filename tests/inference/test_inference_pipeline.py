@@ -289,3 +289,11 @@ def test_choose_pipeline_only_beside_free_cores():
     assert choose_pipeline(True, 2, 2, cores=2) == choose_pipeline(True, 2, 2, cores=2)
     assert (choose_pipeline(True, 2, 2, cores=2).pipeline, choose_pipeline(True, 2, 2, cores=2).workers) == (True, 2)
     assert (choose_pipeline(False, 2, 2, cores=8).pipeline, choose_pipeline(False, 2, 2, cores=8).workers) == (False, 2)
+
+
+def test_choose_pipeline_for_a_device(capsys):
+    from attnseg.inference.pipeline import choose_pipeline_for
+
+    assert choose_pipeline_for(None, "meta", 2).pipeline  # no CPU threads: the cores are free
+    asked = choose_pipeline_for(False, "cpu", 2)
+    assert (asked.pipeline, asked.workers) == (False, 2) and capsys.readouterr().err == ""  # asked: nothing said

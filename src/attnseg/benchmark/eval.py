@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         batches = list(build_eval_loader(data_cfg, "val", num_workers=0, dataset=dataset))
         time_model_alone(subject, batches[:1])  # warm-up: OpenVINO compiles for the input shape on first use
         choice = choose_pipeline(None, args.threads, args.workers)
-        default_loader = build_eval_loader(data_cfg, "val", num_workers=choice.workers, dataset=dataset)
+        default_loader = loader if choice.workers == args.workers else build_eval_loader(
+            data_cfg, "val", num_workers=choice.workers, dataset=dataset)
         rows = time_rows(subject, loader, batches, folder, kinds, args.rounds, (default_loader, choice.pipeline))
         images = sorted((root / "val" / "images").glob("*.png"))
         stages = stage_seconds(subject, images[0], root / "val" / "labels" / images[0].name, folder / "dump3", kinds)

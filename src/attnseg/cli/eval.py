@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -234,10 +233,11 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.cli import notes
     from attnseg.config.build import build_eval_loader
     from attnseg.inference.eval_job import EvalOutputs, run_evaluation
+    from attnseg.inference.pipeline import choose_pipeline_for
 
     setup = prepare_eval(args)
     eval_cfg, data_cfg, dataset = setup.eval_cfg, setup.data_cfg, setup.dataset
-    plan = _pipeline_plan(args, eval_cfg, setup.model.device)
+    plan = choose_pipeline_for(args.pipeline, setup.model.device, eval_cfg.num_workers)
     loader = build_eval_loader(data_cfg, eval_cfg.split, batch_size=eval_cfg.batch_size,
                                num_workers=plan.workers, dataset=dataset)  # fmt: skip
     outputs = EvalOutputs(setup.class_names, setup.model.palette, data_cfg.mean, data_cfg.std, dump_dir=args.dump,
@@ -252,20 +252,6 @@ def run(args: argparse.Namespace) -> int:
                             pipeline=plan.pipeline)  # fmt: skip
     _report(args, setup, result, outputs)
     return 0
-
-
-def _pipeline_plan(args: argparse.Namespace, eval_cfg, device):
-    """`choose_pipeline` for the model's threads on a CPU (a GPU's work leaves the cores free), its line printed when
-    it changed what the config asked."""
-    import torch
-
-    from attnseg.inference.pipeline import choose_pipeline
-
-    threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 0
-    choice = choose_pipeline(args.pipeline, threads, eval_cfg.num_workers)
-    if args.pipeline is None and not choice.pipeline:
-        print(choice.reason, file=sys.stderr)
-    return choice
 
 
 def _report(args: argparse.Namespace, setup: EvalSetup, run, outputs) -> None:

@@ -429,9 +429,7 @@ def run(args: argparse.Namespace) -> int:
 
     from attnseg.cli import notes
     from attnseg.fileio import remove_stale_temporaries
-    import torch
-
-    from attnseg.inference.pipeline import SerializedCalls, choose_pipeline, pipelined
+    from attnseg.inference.pipeline import SerializedCalls, choose_pipeline_for, pipelined
 
     remove_stale_temporaries(args.out)
     collection = collect_inputs(args.inputs, args.out)
@@ -456,11 +454,7 @@ def run(args: argparse.Namespace) -> int:
         return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
                              attention=args.attention)  # fmt: skip
 
-    threads = torch.get_num_threads() if predictor.device.type == "cpu" else 0
-    choice = choose_pipeline(args.pipeline, threads, 0)
-    if args.pipeline is None and not choice.pipeline:
-        print(choice.reason, file=sys.stderr)
-    window = 2 if choice.pipeline else 1
+    window = 2 if choose_pipeline_for(args.pipeline, predictor.device, 0).pipeline else 1
     results = pipelined(collection.items, job, window=window, inline=lambda item: item.is_video)
     for item, result in tqdm(results, total=len(collection.items), desc="predict", unit="file", disable=not progress,
                              dynamic_ncols=True):  # fmt: skip

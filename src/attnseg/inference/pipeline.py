@@ -74,6 +74,20 @@ def choose_pipeline(
                                     "(beside the model they would stall it); --pipeline forces them")
 
 
+
+def choose_pipeline_for(requested: bool | None, device: Any, workers: int) -> PipelineChoice:
+    """`choose_pipeline` for a model on `device`: torch's threads on a CPU, none on an accelerator (whose work
+    leaves the cores free). Prints the reason on stderr when the automatic choice turns the pipeline off."""
+    import sys
+
+    import torch
+
+    threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 0
+    choice = choose_pipeline(requested, threads, workers)
+    if requested is None and not choice.pipeline:
+        print(choice.reason, file=sys.stderr)
+    return choice
+
 class _Failure:
     """An exception of the source, queued in its place."""
 
