@@ -138,3 +138,65 @@ def test_quantize_user_errors_are_one_line(run_folder, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+
+@pytest.fixture(scope="module")
+def self_labelled_run(run_folder):
+    """A narrow PSANet (34 convolutions: NNCF's ranking of every quantized operation stays short) with a spread-out
+    random classifier, and a folder dataset of the fixture's images whose labels are its own fp32 OpenVINO
+    predictions: fp32 scores mIoU 1.0 there, so every label INT8 flips is a measurable drop."""
+    import openvino as ov
+
+    torch.manual_seed(0)
+    model = create_model("psanet_r18_narrow", num_classes=19)
+    calibrate_batchnorm(model, benchmark_image(64, 128, seed=1))
+    with torch.no_grad():
+        model.head.classifier.weight.copy_(torch.randn(model.head.classifier.weight.shape))
+    run = run_folder / "self" / "run"
+    save_checkpoint(run / "checkpoints" / "best", model, "psanet_r18_narrow", {}, CITYSCAPES_CLASSES,
+                    CITYSCAPES_PALETTE, MEAN, STD)
+    fp32 = run_folder / "self" / "fp32.xml"
+    assert main(["export", str(run), "--format", "openvino", "--out", str(fp32), "--input-shape", "1", "3", "64", "128",
+                 "--output", "logits", "--precision", "fp32"]) == 0  # fmt: skip
+    compiled = ov.Core().compile_model(str(fp32), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    root = run_folder / "self" / "data"
+    for folder in ("images", "labels"):
+        (root / "val" / folder).mkdir(parents=True)
+    for path in sorted((run_folder / "cs" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
+        bgr = cv2.imread(str(path))
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
+        inputs = ((rgb - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1)[None].copy()
+        cv2.imwrite(str(root / "val" / "images" / path.name), bgr)
+        cv2.imwrite(str(root / "val" / "labels" / path.name), _labels(compiled, inputs).astype(np.uint8))
+    (run / "config.yaml").write_text(
+        f"model:\n  name: psanet_r18_narrow\ndata:\n  dataset: folder\n  root: {root}\n  num_workers: 0\n"
+        "eval:\n  split: val\n  scales: [1.0]\n  num_workers: 0\n")
+    return run
+
+
+def test_accuracy_control_keeps_the_drop_within_the_bound(self_labelled_run, capsys):
+    """NNCF's accuracy-aware mode against the plain quantization on the same images: it may only return operations to
+    float (fewer quantize points), and the independent report then finds the drop within --max-drop."""
+    folder = self_labelled_run.parent
+    plain, controlled = folder / "plain" / "m.xml", folder / "controlled" / "m.xml"
+    common = ["--calib", "split:val", "--calib-count", "4"]
+    assert main(["quantize", str(self_labelled_run), *common, "--out", str(plain)]) == 0
+    plain_report = json.loads(plain.with_suffix(".report.json").read_text())
+    assert plain_report["fp32_miou"] == pytest.approx(1.0) and plain_report["miou_drop_points"] > 0
+    bound = round(0.9 * plain_report["miou_drop_points"], 3)  # a few operations back to float: a short search
+    assert main(["quantize", str(self_labelled_run), *common, "--out", str(controlled), "--accuracy-control",
+                 "--max-drop", str(bound), "--ranking-count", "4"]) == 0  # fmt: skip
+    assert f"accuracy control: at most {bound} mIoU points lost on split val" in capsys.readouterr().err
+    report = json.loads(controlled.with_suffix(".report.json").read_text())
+    assert report["miou_drop_points"] <= bound + 1e-6
+    record = report["quantization"]
+    assert record["accuracy_control"] == {"max_drop_points": bound, "validation_images": 4, "ranking_images": 4}
+    assert 0 <= record["quantized_operations"] < plain_report["quantization"]["quantized_operations"]
+
+
+def test_accuracy_control_needs_a_bound(run_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--out", "m.xml", "--accuracy-control"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--accuracy-control needs --max-drop P" in err and list(tmp_path.iterdir()) == []

@@ -12,6 +12,11 @@ The accuracy report compares INT8 with fp32 on the same images: label agreement,
 is printed and written to ``<out>.report.json``. With ``--max-drop P`` the command refuses (exit 2, nothing written)
 when INT8 loses more than P points of mIoU; without it, a drop above 0.5 points is a warning.
 
+``--accuracy-control --max-drop P`` runs NNCF's accuracy-aware mode instead of the plain quantization: the quantized
+operations are ranked by what they cost on ``--ranking-count`` images of the report split, and the costliest go back
+to floating point until INT8 loses at most P points on the report split (the same images the report then measures:
+pass a split the model was not tuned on). It takes several passes over the split.
+
 ``attnseg predict/eval --backend openvino`` run the result unchanged (its sidecar carries the preprocessing).
 Needs the ``int8`` extra: ``pip install -e '.[int8]'`` (nncf + openvino).
 """
@@ -55,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
     parser.add_argument("--max-drop", type=float, default=None,
                         help="refuse when INT8 loses more than this many mIoU points (needs a labelled split)")
+    parser.add_argument("--accuracy-control", action="store_true",
+                        help="NNCF's accuracy-aware mode: return the costliest operations to float until INT8 loses "
+                             "at most --max-drop points on --report-split (needs both)")
+    parser.add_argument("--ranking-count", type=positive_int, default=16,
+                        help="with --accuracy-control: images the operations are ranked on (default %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO threads (default: all)")
     parser.set_defaults(func=run, validate=validate)
 
@@ -73,6 +83,8 @@ def validate(args: argparse.Namespace) -> None:
                           "call (N=1, C=3)")  # fmt: skip
     if args.max_drop is not None and not args.max_drop >= 0:
         raise ConfigError(f"--max-drop {args.max_drop}: must be a number of points >= 0")
+    if args.accuracy_control and args.max_drop is None:
+        raise ConfigError("--accuracy-control needs --max-drop P, the mIoU points INT8 may lose")
     args.settings = QuantizationSettings(args.model_type, args.preset,
                                          tuple(name for name in args.keep_float.split(",") if name))  # fmt: skip
 
@@ -146,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.errors import AttnsegError, ConfigError
     from attnseg.export.onnx import read_export_sidecar
     from attnseg.export.quantize import (
-        compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
+        AccuracyControl, compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
     )  # fmt: skip
     from attnseg.fileio import atomic_write_text
     from attnseg.export.openvino import move_ir
@@ -167,17 +179,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"quantizing with {len(calibration)} calibration images ({args.settings.model_type}, "
               f"{args.settings.preset}, float: {', '.join(args.settings.keep_float) or 'NNCF default'})",
               file=sys.stderr)  # fmt: skip
-        staged = Path(work) / "int8.xml"
-        result = quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights))
         report_split = args.report_split or (config.eval.split if config is not None else None)
+        if args.max_drop is not None and report_split is None:
+            raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
         if report_split is not None:
-            samples = dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
-                                      args.report_count)  # fmt: skip
+            samples = list(dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
+                                           args.report_count))  # fmt: skip
             where = f"split {report_split}"
         else:
             samples, where = image_samples(files, sidecar, size), "the calibration images"
-        if args.max_drop is not None and report_split is None:
-            raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
+        control = None
+        if args.accuracy_control:
+            control = AccuracyControl(samples, args.max_drop, sidecar.num_classes, args.ranking_count)
+            print(f"accuracy control: at most {args.max_drop} mIoU points lost on {where} ({len(samples)} images, "
+                  f"operations ranked on {min(args.ranking_count, len(samples))})", file=sys.stderr)  # fmt: skip
+        staged = Path(work) / "int8.xml"
+        result = quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights),
+                             accuracy_control=control)  # fmt: skip
         report = compare_int8(fp32_path, staged, samples, threads=args.threads)
         for line in report.lines():
             print(line)

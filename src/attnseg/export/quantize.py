@@ -113,6 +113,46 @@ def static_input_size(sidecar: ExportSidecar, path: Path) -> tuple[int, int]:
     return height, width
 
 
+@dataclasses.dataclass(frozen=True)
+class AccuracyControl:
+    """NNCF's accuracy-aware quantization: after the plain quantization, the operations whose quantization costs the
+    most mIoU on `samples` go back to floating point, one group after another, until INT8 loses at most
+    `max_drop_points` there (or nothing is left to revert).
+
+    Attributes:
+        samples: labelled inputs (`ReportSample` with a label) on which mIoU is measured.
+        max_drop_points: the bound, in mIoU points.
+        num_classes: classes of the labels (ids at or above it are ignored).
+        ranking_subset: images NNCF ranks the quantized operations on (at most len(samples)).
+    """
+
+    samples: Sequence[ReportSample]
+    max_drop_points: float
+    num_classes: int
+    ranking_subset: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.samples or any(sample.label is None for sample in self.samples):
+            raise AttnsegError("accuracy control needs labelled images (a split with labels)")
+        if not self.max_drop_points >= 0:
+            raise AttnsegError(f"accuracy control: the bound must be >= 0 points, got {self.max_drop_points}")
+
+    def miou(self, compiled: Any, samples: Iterable[ReportSample]) -> float:
+        """mIoU of a compiled model on `samples` (NNCF's validation function: higher is better)."""
+        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        for sample in samples:
+            scores = compiled(sample.inputs)[compiled.outputs[0]][0]
+            prediction = scores if scores.ndim == 2 else scores.argmax(0)
+            confusion += _confusion(prediction, sample.label, self.num_classes)
+        ious = _class_ious(confusion)
+        return float(np.nanmean(ious)) if not np.all(np.isnan(ious)) else 0.0
+
+
+def count_quantized_operations(model: Any) -> int:
+    """Quantize/dequantize points (FakeQuantize nodes) in an OpenVINO model: what runs in int8."""
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
 def quantize_ir(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -120,6 +160,7 @@ def quantize_ir(
     settings: QuantizationSettings = QuantizationSettings(),
     source: str | None = None,
     input_shape: Sequence[int] | None = None,
+    accuracy_control: AccuracyControl | None = None,
 ) -> ExportSidecar:
     """Quantize an fp32 OpenVINO IR (from `attnseg export --format openvino`) and write the INT8 IR + sidecar.
 
@@ -131,6 +172,7 @@ def quantize_ir(
         source: what the fp32 graph came from, for the record (default: `fp32_path`).
         input_shape: reshape a graph with dynamic height/width to this static (N, 3, H, W) first: calibration
             statistics belong to one input size, and the INT8 graph then records that size.
+        accuracy_control: NNCF's accuracy-aware mode (`AccuracyControl`) instead of the plain quantization.
 
     Returns:
         The sidecar written beside `out_path`: the fp32 graph's, with ``extra["quantization"]`` recording the tool,
@@ -156,17 +198,40 @@ def quantize_ir(
     if settings.patterns():
         options["ignored_scope"] = nncf.IgnoredScope(patterns=settings.patterns(), validate=False)
     start = time.perf_counter()
-    quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), **options)
+    if accuracy_control is None:
+        quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), **options)
+    else:
+        quantized = _quantize_with_accuracy_control(nncf, model, calibration, options, accuracy_control)
     seconds = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_ir_atomically(ov, quantized, out_path)
     record = {"tool": f"nncf {nncf.__version__}", "weights": "int8", "activations": "int8",
               "float_parts": "precision hint", "settings": settings.to_json(), "calibration_images": len(calibration),
+              "quantized_operations": count_quantized_operations(quantized),
               "seconds": round(seconds, 1), "source": source or str(fp32_path)}  # fmt: skip
+    if accuracy_control is not None:
+        record["accuracy_control"] = {"max_drop_points": accuracy_control.max_drop_points,
+                                      "validation_images": len(accuracy_control.samples),
+                                      "ranking_images": min(accuracy_control.ranking_subset,
+                                                            len(accuracy_control.samples))}  # fmt: skip
     # The parts left in floating point follow the runtime's precision hint (bf16 where the CPU has it natively).
     result = dataclasses.replace(sidecar, extra={**sidecar.extra, "quantization": record})
     write_export_sidecar(out_path, result)
     return result
+
+
+def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Sequence[np.ndarray], options: dict[str, Any],
+                                    control: AccuracyControl) -> Any:
+    """NNCF's `quantize_with_accuracy_control` with mIoU on the control's labelled samples as the metric."""
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    samples = list(control.samples)
+    validation = nncf.Dataset(samples, lambda sample: sample.inputs)
+    restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(control.ranking_subset, len(samples)))
+    return nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(list(calibration)), validation, control.miou, max_drop=control.max_drop_points / 100.0,
+        drop_type=nncf.DropType.ABSOLUTE, advanced_accuracy_restorer_parameters=restorer, **options,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -278,7 +343,7 @@ def compare_int8(
     fp32 = compile_openvino(fp32_path, "fp32", (1, 3, height, width), threads)
     int8 = compile_openvino(int8_path, "fp32", (1, 3, height, width), threads)
     agree = total = 0
-    worst = (1.0, "")
+    worst: tuple[float, str] | None = None
     confusions = {"fp32": np.zeros((num_classes, num_classes), np.int64), "int8": np.zeros((num_classes,) * 2, np.int64)}
     labelled = False
     first = None
@@ -289,12 +354,13 @@ def compare_int8(
                                 _labels_of(int8, sample.inputs, sidecar.output))  # fmt: skip
         same = int((reference == quantized).sum())
         agree, total, count = agree + same, total + reference.size, count + 1
-        worst = min(worst, (same / reference.size, sample.name))
+        image_agreement = (same / reference.size, sample.name)
+        worst = image_agreement if worst is None or image_agreement[0] < worst[0] else worst
         if sample.label is not None:
             labelled = True
             confusions["fp32"] += _confusion(reference, sample.label, num_classes)
             confusions["int8"] += _confusion(quantized, sample.label, num_classes)
-    if first is None:
+    if first is None or worst is None:
         raise AttnsegError("quantize: no images for the accuracy report")
     ious = {key: _class_ious(value) for key, value in confusions.items()}
     mious = {key: (float(np.nanmean(value)) if labelled and not np.all(np.isnan(value)) else None)
