@@ -183,13 +183,14 @@ def run(args: argparse.Namespace) -> int:
         if args.max_drop is not None and report_split is None:
             raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
         if report_split is not None:
-            samples = list(dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
-                                           args.report_count))  # fmt: skip
+            samples = dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
+                                      args.report_count)  # fmt: skip
             where = f"split {report_split}"
         else:
             samples, where = image_samples(files, sidecar, size), "the calibration images"
         control = None
-        if args.accuracy_control:
+        if args.accuracy_control:  # NNCF validates several times: the split is held in memory for it
+            samples = list(samples)
             control = AccuracyControl(samples, args.max_drop, sidecar.num_classes, args.ranking_count)
             print(f"accuracy control: at most {args.max_drop} mIoU points lost on {where} ({len(samples)} images, "
                   f"operations ranked on {min(args.ranking_count, len(samples))})", file=sys.stderr)  # fmt: skip

@@ -33,6 +33,7 @@ from attnseg.inference.preprocess import denormalize_image, to_rgb_uint8
 from attnseg.models.outputs import SegmentationOutput
 
 DUMP_KINDS = ("color", "overlay", "trainIds", "labelIds", "compare", "confidence", "scales")
+PNG_COMPRESSION = 1
 DEFAULT_DUMP_KINDS = ("color", "overlay", "labelIds", "compare", "confidence")
 
 
@@ -62,8 +63,11 @@ def write_png(path: Path, image: np.ndarray) -> None:
     """
     path = Path(path)
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    # zlib level 1 instead of OpenCV's 3: a 1024x2048 overlay encodes ~35% faster for ~5% more bytes, and the
+    # encoding is most of what evaluation spends outside the model (README, evaluation throughput).
+    options = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION] if path.suffix.lower() == ".png" else []
     try:
-        atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), data))
+        atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), data, options))
     except cv2.error as error:
         raise OSError(f"{path}: could not write image ({error})") from None
 
