@@ -106,7 +106,7 @@ RUNS: dict[str, Run] = {
     "train.iters=1250": Run({"train.iters=1250": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg eval configs/demo_mscale.yaml --weights runs/student data.root=data/few": Run(append=tuple(_TINY_EVAL)),
     "attnseg train configs/demo_mscale.yaml --out runs/student_ft data.root=data/few data.coarse=autolabelled "
-    "model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
+    "data.autolabel_min_confidence=0.9 model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
         Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg train configs/demo_mscale.yaml --out runs/teacher_ft data.root=data/few "
     "model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
