@@ -143,11 +143,8 @@ class AccuracyControl:
         """mIoU of a compiled model on `samples` (NNCF's validation function: higher is better)."""
         confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         for sample in samples:
-            scores = compiled(sample.inputs)[compiled.outputs[0]][0]
-            prediction = scores if scores.ndim == 2 else scores.argmax(0)
-            confusion += _confusion(prediction, sample.label, self.num_classes)
-        ious = _class_ious(confusion)
-        return float(np.nanmean(ious)) if not np.all(np.isnan(ious)) else 0.0
+            confusion += _confusion(_labels_of(compiled, sample.inputs), sample.label, self.num_classes)
+        return _mean_iou(_class_ious(confusion)) or 0.0
 
 
 def count_quantized_operations(model: Any) -> int:
@@ -313,9 +310,15 @@ def _confusion(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> n
     return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def _labels_of(compiled: Any, inputs: np.ndarray, output: str) -> np.ndarray:
-    result = compiled(inputs)[compiled.outputs[0]]
-    return np.asarray(result[0] if output == "argmax" else result[0].argmax(0))
+def _mean_iou(class_ious: np.ndarray) -> float | None:
+    """Mean over the classes present in labels or predictions; None when none is."""
+    return None if np.all(np.isnan(class_ious)) else float(np.nanmean(class_ious))
+
+
+def _labels_of(compiled: Any, inputs: np.ndarray) -> np.ndarray:
+    """(H, W) labels of one image: an argmax export's output as it is, else the argmax over the class scores."""
+    result = np.asarray(compiled(inputs)[compiled.outputs[0]][0])
+    return result if result.ndim == 2 else result.argmax(0)
 
 
 def _median_call_seconds(compiled: Any, inputs: np.ndarray, runs: int = 3) -> float:
@@ -352,8 +355,7 @@ def compare_int8(
     count = 0
     for sample in samples:
         first = sample.inputs if first is None else first
-        reference, quantized = (_labels_of(fp32, sample.inputs, sidecar.output),
-                                _labels_of(int8, sample.inputs, sidecar.output))  # fmt: skip
+        reference, quantized = _labels_of(fp32, sample.inputs), _labels_of(int8, sample.inputs)
         same = int((reference == quantized).sum())
         agree, total, count = agree + same, total + reference.size, count + 1
         image_agreement = (same / reference.size, sample.name)
@@ -365,8 +367,7 @@ def compare_int8(
     if first is None or worst is None:
         raise AttnsegError("quantize: no images for the accuracy report")
     ious = {key: _class_ious(value) for key, value in confusions.items()}
-    mious = {key: (float(np.nanmean(value)) if labelled and not np.all(np.isnan(value)) else None)
-             for key, value in ious.items()}  # fmt: skip
+    mious = {key: (_mean_iou(value) if labelled else None) for key, value in ious.items()}
     return AccuracyReport(
         images=count, agreement=agree / max(total, 1), worst_image_agreement=worst,
         fp32_miou=mious["fp32"], int8_miou=mious["int8"], class_names=[str(n) for n in sidecar.class_names],
