@@ -44,7 +44,7 @@ def test_eval_throughput_table(tmp_path, backend):
                      "mscale_ocr_hrnet_w18_small_v1", "--threads", "1", "--workers", "1", "--backend", backend,
                      "--rounds", "2", "--out", str(table), cwd=tmp_path)
     assert header_after(out, "run") == ["run", "s/image", "images/s", "forward", "s/image", "outside", "the", "model",
-                                        "CPU", "s/image", "outside,", "CPU"]
+                                        "CPU", "s/image", "outside,", "CPU", "forward", "faults/1k"]
     rows = _table(out)
     assert list(rows) == ["model alone", "eval, before", "eval, --no-pipeline", "eval, --pipeline", "eval, default",
                           "default, no dumps"]
@@ -55,8 +55,9 @@ def test_eval_throughput_table(tmp_path, backend):
     def ratio_tolerance(a, b):  # the table rounds seconds to 3 decimals and shares to 0.1 %
         return 0.0005 / a + 0.0005 / b + 0.002
 
-    for name, (seconds, per_second, forward, share, cpu, cpu_share) in ((n, r) for n, r in rows.items()
-                                                                          if n != "model alone"):
+    assert all(float(row[-1]) >= 0 for row in rows.values())
+    for name, (seconds, per_second, forward, share, cpu, cpu_share, _) in ((n, r) for n, r in rows.items()
+                                                                             if n != "model alone"):
         seconds, forward, cpu = float(seconds), float(forward), float(cpu)
         assert 0 < forward < seconds
         assert 1 + float(share.rstrip("%")) / 100 == pytest.approx(seconds / model_seconds,

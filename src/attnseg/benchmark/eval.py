@@ -158,12 +158,14 @@ def code_before_pipelining() -> Iterator[None]:
 
 @dataclass
 class Measurement:
-    """One timed run: wall seconds, the model's forward seconds within it, and CPU seconds of this process and of
-    its loader workers (children that exited)."""
+    """One timed run: wall seconds, the model's forward seconds within it, CPU seconds of this process and of its
+    loader workers (children that exited), and the minor page faults of this process during the forwards (memory
+    the forward touches for the first time: a cost that work between forwards can add to them)."""
 
     seconds: float
     forward: float
     cpu: float
+    forward_faults: float = 0.0
 
 
 def _cpu_seconds() -> float:
@@ -171,15 +173,25 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 @contextlib.contextmanager
-def forward_clock(module: torch.nn.Module) -> Iterator[list[float]]:
-    """Yields a list that receives the seconds of every forward of `module` while the block runs (module hooks)."""
-    seconds: list[float] = []
-    started: list[float] = []
-    hooks = [module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())),
-             module.register_forward_hook(lambda *_: seconds.append(time.perf_counter() - started.pop()))]
+def forward_clock(module: torch.nn.Module) -> Iterator[list[tuple[float, int]]]:
+    """Yields a list that receives (seconds, minor page faults) of every forward of `module` while the block runs
+    (module hooks)."""
+    forwards: list[tuple[float, int]] = []
+    started: list[tuple[float, int]] = []
+
+    def finish(*_: Any) -> None:
+        clock, faults = started.pop()
+        forwards.append((time.perf_counter() - clock, _minor_faults() - faults))
+
+    hooks = [module.register_forward_pre_hook(lambda *_: started.append((time.perf_counter(), _minor_faults()))),
+             module.register_forward_hook(finish)]
     try:
-        yield seconds
+        yield forwards
     finally:
         for hook in hooks:
             hook.remove()
@@ -191,7 +203,7 @@ def measure(module: torch.nn.Module, call: Callable[[], Any]) -> Measurement:
         clock, cpu = time.perf_counter(), _cpu_seconds()
         call()
         seconds, cpu = time.perf_counter() - clock, _cpu_seconds() - cpu
-    return Measurement(seconds, sum(forwards), cpu)
+    return Measurement(seconds, sum(s for s, _ in forwards), cpu, sum(f for _, f in forwards))
 
 
 def time_model_alone(subject: Subject, batches: list[dict[str, Any]]) -> Measurement:
@@ -288,7 +300,8 @@ def _machine_line(threads: int, load_start: float) -> str:
 
 
 def _mean(runs: list[Measurement]) -> Measurement:
-    return Measurement(*(statistics.fmean(getattr(run, key) for run in runs) for key in ("seconds", "forward", "cpu")))
+    return Measurement(*(statistics.fmean(getattr(run, key) for run in runs)
+                         for key in ("seconds", "forward", "cpu", "forward_faults")))
 
 
 def _row_line(name: str, mean: Measurement, model: Measurement, count: int) -> str:
@@ -299,7 +312,7 @@ def _row_line(name: str, mean: Measurement, model: Measurement, count: int) -> s
         wall = f"{(mean.seconds - model.seconds) / model.seconds:.1%}"
         cpu = f"{(mean.cpu - model.cpu) / model.cpu:.1%}"
     return (f"{name:<24} {mean.seconds / count:>8.3f} {count / mean.seconds:>9.3f} {mean.forward / count:>16.3f} "
-            f"{wall:>18} {mean.cpu / count:>12.3f} {cpu:>13}")  # fmt: skip
+            f"{wall:>18} {mean.cpu / count:>12.3f} {cpu:>13} {mean.forward_faults / count / 1000:>16.1f}")  # fmt: skip
 
 
 def format_table(args: argparse.Namespace, subject: Subject, rows: dict[str, list[Measurement]],
@@ -314,12 +327,13 @@ def format_table(args: argparse.Namespace, subject: Subject, rows: dict[str, lis
     means = {name: _mean(runs) for name, runs in rows.items()}
     model = means["model alone"]
     lines += ["", f"{'run':<24} {'s/image':>8} {'images/s':>9} {'forward s/image':>16} {'outside the model':>18} "
-              f"{'CPU s/image':>12} {'outside, CPU':>13}"]  # fmt: skip
+              f"{'CPU s/image':>12} {'outside, CPU':>13} {'forward faults/1k':>16}"]  # fmt: skip
     lines += [_row_line(name, mean, model, count) for name, mean in means.items()]
     share = (means["eval, default"].seconds - model.seconds) / model.seconds
     verdict = "MET" if share <= TARGET_SHARE else "NOT MET"
     lines += ["", f"rounds: {len(rows['model alone'])} (means); outside the model = (run - model alone) / model alone, "
-              "by wall time and by CPU time (this process and its exited loader workers)",
+              "by wall time and by CPU time (this process and its exited loader workers); forward faults: minor page faults "
+              "during the forwards, thousands per image",
               f"eval, default: what `attnseg eval` does here ({default_reason})",
               f"target: data + labels + counts + dumps <= {TARGET_SHARE:.0%} of the model time: default "
               f"{share:.1%} -> {verdict}"]  # fmt: skip
