@@ -38,6 +38,16 @@ def test_confidence_of_logits_probabilities_and_another_size():
     assert torch.allclose(probabilities_of(log_probabilities(probabilities), False), probabilities, atol=1e-6)
 
 
+def test_confidence_of_tall_batches_matches_the_softmax_block_by_block():
+    # 37 rows: two full blocks of 16 and a short one; a batch of 2 and a transposed (non-contiguous) input.
+    logits = 4 * torch.randn(2, 19, 53, 37, generator=torch.Generator().manual_seed(2)).transpose(2, 3)
+    expected = torch.softmax(logits, 1).max(1).values
+    got = confidence_of(logits, False)
+    assert got.shape == (2, 37, 53)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(confidence_of(logits[:, :, :1], False), expected[:, :1], atol=1e-6)
+
+
 def test_dumper_writes_confidence_and_per_scale_maps(tmp_path):
     generator = torch.Generator().manual_seed(2)
     scores = torch.randn(1, 19, 4, 6, generator=generator)  # logits at half the label size
