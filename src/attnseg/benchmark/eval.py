@@ -332,8 +332,8 @@ def format_table(args: argparse.Namespace, subject: Subject, rows: dict[str, lis
     share = (means["eval, default"].seconds - model.seconds) / model.seconds
     verdict = "MET" if share <= TARGET_SHARE else "NOT MET"
     lines += ["", f"rounds: {len(rows['model alone'])} (means); outside the model = (run - model alone) / model alone, "
-              "by wall time and by CPU time (this process and its exited loader workers); forward faults: minor page faults "
-              "during the forwards, thousands per image",
+              "by wall time and by CPU time (this process and its exited loader workers); forward faults: minor page "
+              "faults during the forwards, thousands per image",
               f"eval, default: what `attnseg eval` does here ({default_reason})",
               f"target: data + labels + counts + dumps <= {TARGET_SHARE:.0%} of the model time: default "
               f"{share:.1%} -> {verdict}"]  # fmt: skip
