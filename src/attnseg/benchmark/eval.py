@@ -34,7 +34,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -300,8 +300,7 @@ def _machine_line(threads: int, load_start: float) -> str:
 
 
 def _mean(runs: list[Measurement]) -> Measurement:
-    return Measurement(*(statistics.fmean(getattr(run, key) for run in runs)
-                         for key in ("seconds", "forward", "cpu", "forward_faults")))
+    return Measurement(*(statistics.fmean(getattr(run, field.name) for run in runs) for field in fields(Measurement)))
 
 
 def _row_line(name: str, mean: Measurement, model: Measurement, count: int) -> str:

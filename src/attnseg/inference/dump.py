@@ -33,12 +33,11 @@ from attnseg.inference.preprocess import denormalize_image, to_rgb_uint8
 from attnseg.models.outputs import SegmentationOutput
 
 DUMP_KINDS = ("color", "overlay", "trainIds", "labelIds", "compare", "confidence", "scales")
-PNG_COMPRESSION = 1
 # zlib level 1 instead of OpenCV's 3, and every row filtered against the one above ("up") instead of libpng trying
 # all five filters per row: the five default dumps of a 1024x2048 image encode in ~165 instead of ~265 ms (an overlay
 # 111 -> 79 ms) for ~5% more bytes, and the encoding is most of what evaluation spends outside the model (README,
 # evaluation throughput). OpenCV before 4.11 has no filter option and keeps libpng's choice.
-PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_OPTIONS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 DEFAULT_DUMP_KINDS = ("color", "overlay", "labelIds", "compare", "confidence")

@@ -15,8 +15,8 @@ import numpy as np
 
 from attnseg.data.labels import VALID_LABEL_IDS, train_id_to_id
 from attnseg.errors import DatasetError
-from attnseg.fileio import atomic_write_with, remove_stale_temporaries
-from attnseg.inference.dump import safe_name
+from attnseg.fileio import remove_stale_temporaries
+from attnseg.inference.dump import safe_name, write_png
 
 CITYSCAPES_SIZE = (1024, 2048)  # (height, width)
 MAX_LISTED_PROBLEMS = 20
@@ -62,8 +62,7 @@ class SubmissionWriter:
     def __call__(self, names: Sequence[str], predictions: np.ndarray, extras: dict | None = None) -> None:
         for name, prediction in zip(names, predictions):
             path = self.out_dir / submission_file_name(name)
-            ids = self.table[np.asarray(prediction, dtype=np.uint8)]
-            atomic_write_with(path, lambda temp: cv2.imwrite(str(temp), ids))
+            write_png(path, self.table[np.asarray(prediction, dtype=np.uint8)])
             self.written.append(path)
 
 
