@@ -123,11 +123,45 @@ def test_quantize_refuses_a_drop_beyond_max_drop_and_writes_nothing(run_folder, 
     assert not out.exists() and list((run_folder / "refused").iterdir()) == []
 
 
+def _convolution_biases(model):
+    """{name of the Add after each convolution: its bias constant}: what NNCF's bias correction rewrites."""
+    biases = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "Add" and op.input_value(0).get_node().get_type_name() == "Convolution":
+            constant = op.input_value(1).get_node()
+            if constant.get_type_name() == "Constant":
+                biases[op.get_friendly_name()] = constant.get_data().copy()
+    return biases
+
+
+def test_bias_correction_none_keeps_the_fp32_biases_and_fast_does_not(run_folder):
+    import openvino as ov
+
+    fp32 = run_folder / "bias" / "fp32.xml"
+    assert main(["export", str(run_folder / "run"), "--format", "openvino", "--out", str(fp32), "--input-shape", "1",
+                 "3", "64", "128", "--scales", "0.5,1.0", "--output", "logits", "--precision", "fp32"]) == 0  # fmt: skip
+    core = ov.Core()
+    reference = _convolution_biases(core.read_model(str(fp32)))
+    assert len(reference) > 20
+    changed = {}
+    for mode in ("none", "fast"):
+        out = run_folder / "bias" / f"int8_{mode}.xml"
+        assert main(["quantize", str(fp32), "--calib", "split:val", "--config", str(run_folder / "run" / "config.yaml"),
+                     "--calib-count", "2", "--out", str(out), "--bias-correction", mode]) == 0  # fmt: skip
+        sidecar = json.loads(out.with_suffix(".xml.json").read_text())
+        assert sidecar["extra"]["quantization"]["settings"]["bias_correction"] == mode
+        biases = _convolution_biases(core.read_model(str(out)))
+        assert biases.keys() == reference.keys()
+        changed[mode] = sum(not np.array_equal(biases[name], reference[name]) for name in reference)
+    assert changed["none"] == 0 and changed["fast"] > 0
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (["--out", "m.onnx"], "--out m.onnx: an OpenVINO model file ends in .xml"),
         (["--out", "m.xml", "--keep-float", "everything"], "--keep-float everything: unknown group"),
+        (["--out", "m.xml", "--bias-correction", "some"], "argument --bias-correction: invalid choice: 'some'"),
         (["--out", "m.xml", "--max-drop", "-1"], "--max-drop -1.0: must be a number of points >= 0"),
         (["--out", "m.xml", "--input-shape", "2", "3", "64", "128"], "--input-shape 2 3 64 128: quantize one"),
     ],

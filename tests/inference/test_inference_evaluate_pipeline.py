@@ -1,6 +1,7 @@
 """`evaluate_model` pipelined (read-ahead thread, background writer) against one step after the other, and the fast
 first-maximum labels against ``max(dim=1).indices``."""
 
+import os
 import threading
 
 import cv2
@@ -121,6 +122,28 @@ def test_pipelined_evaluation_equals_the_sequential_one():
     assert {thread for _, _, thread, _ in sequential} == {main}
     assert main not in {thread for _, _, thread, _ in pipelined}  # written behind the model
     assert all(mode for *_, mode in pipelined)  # the callback still runs under inference mode
+
+
+def test_idle_writer_without_pipeline_writes_behind_in_the_idle_class():
+    sequential, behind, policies = [], [], []
+    record = _collect(behind)
+
+    def on_prediction(names, predictions, extras):
+        policies.append(os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None)
+        record(names, predictions, extras)
+
+    before = evaluate_model(NoisyNet(), _batches(), NUM_CLASSES, progress=False, on_prediction=_collect(sequential),
+                            pipeline=False)
+    after = evaluate_model(NoisyNet(), _batches(), NUM_CLASSES, progress=False, on_prediction=on_prediction,
+                           pipeline=False, idle_writer=True)
+    assert np.array_equal(before.confusion, after.confusion)
+    assert [name for name, *_ in behind] == ["img0", "img1", "img2", "img3"]  # all written before it returned
+    for (_, a, *_), (_, b, *_) in zip(sequential, behind):
+        assert np.array_equal(a, b)
+    assert threading.current_thread().name not in {thread for _, _, thread, _ in behind}
+    assert all(mode for *_, mode in behind)
+    if hasattr(os, "SCHED_IDLE"):
+        assert policies == [os.SCHED_IDLE] * 4
 
 
 def test_pipelined_predictions_equal_max_indices_of_the_scores():

@@ -1,5 +1,6 @@
 """The read-ahead / write-behind machinery: order, bounds, errors where they belong, no thread left behind."""
 
+import os
 import threading
 import time
 
@@ -94,6 +95,33 @@ def test_writer_runs_jobs_in_order_in_one_other_thread_and_drains():
     assert done == list(range(7))
     assert len(threads) == 1 and threading.current_thread().name not in threads
     assert not _pipeline_threads()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+def test_idle_priority_writer_runs_its_jobs_in_the_idle_class_and_leaves_the_caller_alone():
+    policies = []
+    caller = os.sched_getscheduler(0)
+    with BackgroundWriter(max_pending=2, idle_priority=True) as writer:
+        for _ in range(3):
+            writer.submit(lambda: policies.append(os.sched_getscheduler(0)))
+    assert policies == [os.SCHED_IDLE] * 3
+    assert os.sched_getscheduler(0) == caller != os.SCHED_IDLE
+    with BackgroundWriter(max_pending=1) as writer:  # the default keeps the priority
+        writer.submit(lambda: policies.append(os.sched_getscheduler(0)))
+    assert policies[-1] == caller
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="POSIX scheduling policies")
+def test_lower_thread_priority_changes_only_the_calling_thread():
+    from attnseg.inference.pipeline import lower_thread_priority
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append((lower_thread_priority(), os.sched_getscheduler(0))))
+    thread.start()
+    thread.join()
+    lowered, policy = result[0]
+    assert lowered == hasattr(os, "SCHED_IDLE") and (not lowered or policy == os.SCHED_IDLE)
+    assert os.sched_getscheduler(0) != getattr(os, "SCHED_IDLE", None)
 
 
 def test_writer_backlog_is_bounded():
@@ -277,9 +305,10 @@ def test_pipelined_stopped_early_cancels_what_has_not_started():
 def test_choose_pipeline_only_beside_free_cores():
     from attnseg.inference.pipeline import choose_pipeline
 
-    # the model's threads take every core: everything in line, no loader workers
+    # the model's threads take every core: read in line, no loader workers, write behind at idle priority
     inline = choose_pipeline(None, compute_threads=2, workers=2, cores=2)
-    assert (inline.pipeline, inline.workers) == (False, 0) and "--pipeline forces" in inline.reason
+    assert (inline.pipeline, inline.workers, inline.idle_writer) == (False, 0, True)
+    assert "--pipeline / --no-pipeline force either" in inline.reason
     # cores left beside the model: read ahead with the configured workers
     spare = choose_pipeline(None, compute_threads=2, workers=2, cores=8)
     assert (spare.pipeline, spare.workers) == (True, 2) and "6 of 8 cores" in spare.reason
@@ -289,6 +318,8 @@ def test_choose_pipeline_only_beside_free_cores():
     assert choose_pipeline(True, 2, 2, cores=2) == choose_pipeline(True, 2, 2, cores=2)
     assert (choose_pipeline(True, 2, 2, cores=2).pipeline, choose_pipeline(True, 2, 2, cores=2).workers) == (True, 2)
     assert (choose_pipeline(False, 2, 2, cores=8).pipeline, choose_pipeline(False, 2, 2, cores=8).workers) == (False, 2)
+    assert not choose_pipeline(False, 2, 2, cores=2).idle_writer  # --no-pipeline: everything in line
+    assert not spare.idle_writer  # the pipeline's writer runs at normal priority
 
 
 def test_choose_pipeline_for_a_device(capsys):

@@ -11,8 +11,8 @@ the same images, one after the other:
 - ``eval, --no-pipeline``: one step after the other, with today's labels and counts;
 - ``eval, --pipeline``: batches read ahead in a thread, dumps written behind the model;
 - ``eval, default``: what `attnseg eval` picks on this machine (`attnseg.inference.pipeline.choose_pipeline`: the
-  pipeline with `--workers` loader workers where cores are left beside the model's `--threads`, else everything
-  in line without loader workers);
+  pipeline with `--workers` loader workers where cores are left beside the model's `--threads`, else reading and
+  counting in line without loader workers and the dumps written behind at idle priority);
 - ``default, no dumps``: the same without ``--dump`` (data, labels and counts only).
 
 Every eval row includes the loader (`--workers` processes decode and normalise, as ``eval.num_workers``), labels,
@@ -219,7 +219,7 @@ def time_model_alone(subject: Subject, batches: list[dict[str, Any]]) -> Measure
 
 
 def time_eval(subject: Subject, loader: Any, dump_dir: Path | None, kinds: list[str], *,
-              pipeline: bool) -> Measurement:  # fmt: skip
+              pipeline: bool, idle_writer: bool = False) -> Measurement:  # fmt: skip
     """A whole `evaluate_model` run with the eval loader and dumps into `dump_dir` (None: none), what `attnseg eval`
     times; the forwards' own time shows how much the work beside them slows them down."""
     outputs = EvalOutputs(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, subject.mean, subject.std, dump_dir=dump_dir,
@@ -227,21 +227,23 @@ def time_eval(subject: Subject, loader: Any, dump_dir: Path | None, kinds: list[
     recipe = subject.recipe
     return measure(subject.module, lambda: evaluate_model(subject.module, loader, 19, scales=recipe.scales,
                                                           progress=False, on_prediction=outputs or None,
-                                                          pipeline=pipeline))  # fmt: skip
+                                                          pipeline=pipeline, idle_writer=idle_writer))  # fmt: skip
 
 
 def time_rows(subject: Subject, loader: Any, batches: list[dict[str, Any]], folder: Path, kinds: list[str],
-              rounds: int, default: tuple[Any, bool]) -> dict[str, list[Measurement]]:  # fmt: skip
+              rounds: int, default: tuple[Any, bool, bool]) -> dict[str, list[Measurement]]:  # fmt: skip
     """Every row `rounds` times, in the order A B C D, then D C B A, ...: a load that drifts during the run then
-    weighs on every row alike. `default` is the loader and pipeline flag `attnseg eval` picks here."""
-    default_loader, default_pipeline = default
+    weighs on every row alike. `default` is the loader and the pipeline and idle-writer flags `attnseg eval` picks
+    here."""
+    default_loader, default_pipeline, default_idle_writer = default
+    chosen = {"pipeline": default_pipeline, "idle_writer": default_idle_writer}
     runs: dict[str, Callable[[], Measurement]] = {
         "model alone": lambda: time_model_alone(subject, batches),
         "eval, before": lambda: _before(lambda: time_eval(subject, loader, folder / "dump0", kinds, pipeline=False)),
         "eval, --no-pipeline": lambda: time_eval(subject, loader, folder / "dump1", kinds, pipeline=False),
         "eval, --pipeline": lambda: time_eval(subject, loader, folder / "dump2", kinds, pipeline=True),
-        "eval, default": lambda: time_eval(subject, default_loader, folder / "dump4", kinds, pipeline=default_pipeline),
-        "default, no dumps": lambda: time_eval(subject, default_loader, None, kinds, pipeline=default_pipeline),
+        "eval, default": lambda: time_eval(subject, default_loader, folder / "dump4", kinds, **chosen),
+        "default, no dumps": lambda: time_eval(subject, default_loader, None, kinds, **chosen),
     }
     rows: dict[str, list[Measurement]] = {name: [] for name in runs}
     for round_index in range(rounds):
@@ -382,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         choice = choose_pipeline(None, args.threads, args.workers)
         default_loader = loader if choice.workers == args.workers else build_eval_loader(
             data_cfg, "val", num_workers=choice.workers, dataset=dataset)
-        rows = time_rows(subject, loader, batches, folder, kinds, args.rounds, (default_loader, choice.pipeline))
+        rows = time_rows(subject, loader, batches, folder, kinds, args.rounds,
+                         (default_loader, choice.pipeline, choice.idle_writer))
         images = sorted((root / "val" / "images").glob("*.png"))
         stages = stage_seconds(subject, images[0], root / "val" / "labels" / images[0].name, folder / "dump3", kinds)
     table = format_table(args, subject, rows, stages, load_start, choice.reason)

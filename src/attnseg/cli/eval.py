@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write metrics and the recipe as JSON (a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
-                        help="read ahead (loader workers, a thread) and write behind the model (default: only where "
-                             "cores are left beside the model's threads; --no-pipeline: everything in line)")
+                        help="read ahead (loader workers, a thread) and write behind the model (default: where cores "
+                             "are left beside the model's threads; else read in line and write behind at idle "
+                             "priority; --no-pipeline: everything in line)")
     parser.set_defaults(func=run)
 
 
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
           f"{eval_cfg.precision}, {setup.model.device}")  # fmt: skip
     result = run_evaluation(setup.model, loader, recipe_of(eval_cfg), outputs=outputs,
                             ignore_index=data_cfg.ignore_index, progress=not args.no_progress,
-                            pipeline=plan.pipeline)  # fmt: skip
+                            pipeline=plan.pipeline, idle_writer=plan.idle_writer)  # fmt: skip
     _report(args, setup, result, outputs)
     return 0
 

@@ -34,7 +34,7 @@ WARN_DROP_POINTS = 0.5  # the bound OpenVINO's INT8 DeepLabV3 results stay withi
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from attnseg.cli.arguments import positive_int, scale_series
-    from attnseg.export.quantize import KEEP_FLOAT_GROUPS, MODEL_TYPES, PRESETS
+    from attnseg.export.quantize import BIAS_CORRECTIONS, KEEP_FLOAT_GROUPS, MODEL_TYPES, PRESETS
 
     parser = subparsers.add_parser(
         "quantize",
@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="transformer",
                         help="NNCF model type; transformer keeps attention products' inputs in float (default)")
     parser.add_argument("--preset", choices=PRESETS, default="mixed", help="NNCF preset (default %(default)s)")
+    parser.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default="fast",
+                        help="NNCF's bias correction after quantization: fast (default), full (slower) or none")
     parser.add_argument("--keep-float", default="",
                         help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
     parser.add_argument("--max-drop", type=float, default=None,
@@ -86,7 +88,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.accuracy_control and args.max_drop is None:
         raise ConfigError("--accuracy-control needs --max-drop P, the mIoU points INT8 may lose")
     args.settings = QuantizationSettings(args.model_type, args.preset,
-                                         tuple(name for name in args.keep_float.split(",") if name))  # fmt: skip
+                                         tuple(name for name in args.keep_float.split(",") if name),
+                                         args.bias_correction)  # fmt: skip
 
 
 def _config_for(args: argparse.Namespace):

