@@ -99,3 +99,35 @@ def test_next_image_is_read_while_the_model_runs(tmp_path, weights, monkeypatch,
     assert code == 0, capsys.readouterr().err
     assert sorted(name for _, name, _ in events) == [f"img{index}.png" for index in range(5)]
     assert any(running for *_, running in events)  # some image was decoded during another one's forward
+
+
+def test_default_on_a_machine_the_model_fills_writes_behind_at_idle_priority(tmp_path, weights, monkeypatch, capsys):
+    import os
+
+    from attnseg import hardware
+    from attnseg.inference import dump
+
+    _inputs(tmp_path / "in")
+    code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / "sequential"), "--overlay",
+                 "--no-progress", "--no-pipeline"])  # fmt: skip
+    sequential = (code, capsys.readouterr().err.replace(str(tmp_path / "sequential"), "OUT"))
+    monkeypatch.setattr(hardware, "available_cores", lambda: torch.get_num_threads())  # every core is the model's
+    writers = []
+    write_png = dump.write_png
+
+    def recording_write(path, image):
+        policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+        writers.append((threading.current_thread().name, policy))
+        write_png(path, image)
+
+    monkeypatch.setattr(dump, "write_png", recording_write)
+    code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / "behind"), "--overlay",
+                 "--no-progress"])  # fmt: skip
+    behind = (code, capsys.readouterr().err.replace(str(tmp_path / "behind"), "OUT"))
+    assert sequential[0] == behind[0] == 2
+    failures = [line for line in behind[1].splitlines() if "failed" in line]
+    assert failures == [line for line in sequential[1].splitlines() if "failed" in line] and len(failures) == 2
+    assert _files(tmp_path / "behind") == _files(tmp_path / "sequential") and len(_files(tmp_path / "behind")) == 12
+    assert len(writers) == 12 and threading.current_thread().name not in {name for name, _ in writers}
+    if hasattr(os, "SCHED_IDLE"):
+        assert {policy for _, policy in writers} == {os.SCHED_IDLE}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from attnseg.errors import DatasetError
-from attnseg.inference.pipeline import BackgroundWriter, Prefetcher, SerializedCalls, pipelined
+from attnseg.inference.pipeline import BackgroundWriter, Prefetcher, SerializedCalls, pipelined, written_behind
 
 
 def _pipeline_threads() -> list[threading.Thread]:
@@ -328,3 +328,74 @@ def test_choose_pipeline_for_a_device(capsys):
     assert choose_pipeline_for(None, "meta", 2).pipeline  # no CPU threads: the cores are free
     asked = choose_pipeline_for(False, "cpu", 2)
     assert (asked.pipeline, asked.workers) == (False, 2) and capsys.readouterr().err == ""  # asked: nothing said
+
+
+# --- written_behind ---------------------------------------------------------------------------------------------
+
+
+def test_written_behind_prepares_in_the_caller_writes_behind_and_keeps_order_and_errors():
+    events, lock = [], threading.Lock()
+    caller = threading.current_thread().name
+
+    def prepare(item):
+        if item == "bad-read":
+            raise DatasetError("bad-read: cannot be decoded")
+        with lock:
+            events.append(("prepare", item, threading.current_thread().name))
+
+        def finish():
+            time.sleep(0.03)
+            if item == "bad-write":
+                raise OSError("bad-write: disk full")
+            with lock:
+                events.append(("finish", item, threading.current_thread().name))
+            return item.upper()
+
+        return finish
+
+    items = ["a", "bad-read", "b", "bad-write", "c"]
+    outcomes = []
+    for item, result in written_behind(items, prepare):
+        try:
+            outcomes.append((item, result()))
+        except (DatasetError, OSError) as error:
+            outcomes.append((item, str(error)))
+    assert outcomes == [("a", "A"), ("bad-read", "bad-read: cannot be decoded"), ("b", "B"),
+                        ("bad-write", "bad-write: disk full"), ("c", "C")]
+    assert {thread for kind, _, thread in events if kind == "prepare"} == {caller}
+    writers = {thread for kind, _, thread in events if kind == "finish"}
+    assert len(writers) == 1 and caller not in writers
+    # the next item is prepared while the last one is written: bad-write before b's writing ends
+    order = [(kind, item) for kind, item, _ in events]
+    assert order.index(("prepare", "bad-write")) < order.index(("finish", "b"))
+    assert not _pipeline_threads()
+
+
+def test_written_behind_runs_inline_items_after_every_earlier_writing():
+    events = []
+
+    def prepare(item):
+        def finish():
+            if item != "video":
+                time.sleep(0.02)
+            events.append((item, threading.current_thread().name))
+            return item
+
+        return finish
+
+    results = [(item, result()) for item, result in written_behind(["a", "b", "video", "c"], prepare,
+                                                                   inline=lambda item: item == "video")]
+    assert results == [("a", "a"), ("b", "b"), ("video", "video"), ("c", "c")]
+    assert [item for item, _ in events] == ["a", "b", "video", "c"]
+    assert dict(events)["video"] == threading.current_thread().name != dict(events)["a"]
+
+
+def test_written_behind_stopped_early_leaves_no_thread():
+    def prepare(item):
+        return lambda: time.sleep(0.01)
+
+    for item, result in written_behind(range(10), prepare):
+        result()
+        if item == 2:
+            break
+    assert not _pipeline_threads()

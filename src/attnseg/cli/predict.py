@@ -38,6 +38,7 @@ import argparse
 import glob
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
                         help="read the next image and write the last one while the model runs (--no-pipeline: one "
-                             "image after the other; default: only where cores are left beside the model's threads)")
+                             "image after the other; default: where cores are left beside the model's threads, else "
+                             "the model in line and each image's files written behind the next one at idle priority)")
     add_tiling_arguments(parser)
     parser.set_defaults(func=run, validate=validate)
 
@@ -260,21 +262,32 @@ def assign_output_names(items: list[InputItem]) -> None:
 def predict_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float, *, confidence: bool = False,
                   attention: bool = False) -> None:  # fmt: skip
     """Write the label, colour and (optionally) overlay, confidence and per-scale attention PNGs of one image."""
+    prepare_image(predictor, item, out_dir, overlay, alpha, confidence=confidence, attention=attention)()
+
+
+def prepare_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float, *, confidence: bool = False,
+                  attention: bool = False) -> Callable[[], None]:  # fmt: skip
+    """Read and predict one image; returns the function that writes its PNGs (`predict_image`'s), so that the
+    writing can run behind the next image's forward."""
     from attnseg.inference.confidence import unit_to_uint8
     from attnseg.inference.dump import scale_map_images, write_png
     from attnseg.inference.predictor import read_image
 
     image = read_image(item.path)
     prediction = predictor.predict(image, confidence=confidence, attention=attention)
-    labels = prediction.labels
-    write_png(item.output(out_dir, "labels.png"), labels)
-    write_png(item.output(out_dir, "color.png"), predictor.colorize(labels))
-    if overlay:
-        write_png(item.output(out_dir, "overlay.png"), predictor.overlay(image, labels, alpha))
-    if confidence:
-        write_png(item.output(out_dir, "confidence.png"), unit_to_uint8(prediction.confidence))
-    for suffix, picture in scale_map_images(prediction.attention, prediction.scale_labels, predictor.palette):
-        write_png(item.output(out_dir, f"{suffix}.png"), picture)
+
+    def write() -> None:
+        labels = prediction.labels
+        write_png(item.output(out_dir, "labels.png"), labels)
+        write_png(item.output(out_dir, "color.png"), predictor.colorize(labels))
+        if overlay:
+            write_png(item.output(out_dir, "overlay.png"), predictor.overlay(image, labels, alpha))
+        if confidence:
+            write_png(item.output(out_dir, "confidence.png"), unit_to_uint8(prediction.confidence))
+        for suffix, picture in scale_map_images(prediction.attention, prediction.scale_labels, predictor.palette):
+            write_png(item.output(out_dir, f"{suffix}.png"), picture)
+
+    return write
 
 
 def predict_video(predictor, item: InputItem, out_dir: Path, alpha: float, progress: bool) -> int:
@@ -429,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
 
     from attnseg.cli import notes
     from attnseg.fileio import remove_stale_temporaries
-    from attnseg.inference.pipeline import SerializedCalls, choose_pipeline_for, pipelined
+    from attnseg.inference.pipeline import SerializedCalls, choose_pipeline_for, pipelined, written_behind
 
     remove_stale_temporaries(args.out)
     collection = collect_inputs(args.inputs, args.out)
@@ -441,8 +454,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnseg predict: failed {name}: {reason}", file=sys.stderr)
     done = 0
     progress = not args.no_progress
-    # While one image is in the model, the next is read and the last one's files are written, in other threads;
-    # the model runs one image at a time (SerializedCalls), videos alone in this thread. Results come in order.
+    # With cores beside the model's threads: while one image is in the model, the next is read and the last one's
+    # files are written, in other threads; the model runs one image at a time (SerializedCalls). Without: images
+    # are read and predicted in this thread and their files written behind at idle priority. Videos run alone in
+    # this thread; results come in order.
     lock = threading.Lock()
 
     def job(item: InputItem):
@@ -454,8 +469,19 @@ def run(args: argparse.Namespace) -> int:
         return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
                              attention=args.attention)  # fmt: skip
 
-    window = 2 if choose_pipeline_for(args.pipeline, predictor.device, 0).pipeline else 1
-    results = pipelined(collection.items, job, window=window, inline=lambda item: item.is_video)
+    def prepare(item: InputItem):
+        if item.is_video:
+            return lambda: job(item)
+        log.start(str(item.path))
+        return prepare_image(predictor, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
+                             attention=args.attention)  # fmt: skip
+
+    choice = choose_pipeline_for(args.pipeline, predictor.device, 0)
+    if choice.idle_writer:  # the model in this thread, each image's files written behind the next one's forward
+        results = written_behind(collection.items, prepare, inline=lambda item: item.is_video)
+    else:
+        results = pipelined(collection.items, job, window=2 if choice.pipeline else 1,
+                            inline=lambda item: item.is_video)  # fmt: skip
     for item, result in tqdm(results, total=len(collection.items), desc="predict", unit="file", disable=not progress,
                              dynamic_ncols=True):  # fmt: skip
         try:

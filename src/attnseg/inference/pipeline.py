@@ -12,6 +12,8 @@ encoders, zlib, numpy and torch release the GIL while they work.
 - `pipelined` + `SerializedCalls`: per-item jobs (`attnseg predict`: read, predict, write one image) in a small
   window of threads, results handed back in input order; the jobs share the model through a `SerializedCalls`
   proxy, so one forward runs at a time while the other job reads or writes.
+- `written_behind`: per-item work whose model part runs in the caller's thread and whose writing runs behind it
+  at idle priority (`attnseg predict` where the model's threads take every core).
 
 `choose_pipeline` decides whether any of this pays: work beside the model only helps on cores the model's threads
 leave free. Where its threads take every core (2 threads on the 2-core project machine), a loader worker decoding
@@ -382,3 +384,56 @@ def pipelined(
             if future is not None:
                 future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def written_behind(
+    items: Iterable[T],
+    prepare: Callable[[T], Callable[[], R]],
+    *,
+    inline: Callable[[T], bool] | None = None,
+) -> Iterator[tuple[T, Callable[[], R]]]:
+    """Run ``prepare(item)`` in the caller's thread and the ``finish`` function it returns (the writing) in one
+    background thread at idle priority (`lower_thread_priority`); yield the items in input order.
+
+    For a machine whose cores the model takes: the model runs in the caller's thread, one item after another, and
+    each item's files are written on the cycles the next item's forward leaves. One item is written while the next
+    is prepared: an item is yielded once the next one's writing has been queued.
+
+    Yields ``(item, result)`` as `pipelined` does: ``result()`` waits for the item's writing and returns its value or
+    raises the error of its ``prepare`` or ``finish``. Items for which `inline` is true run entirely in the caller's
+    thread when their ``result()`` is called, after every earlier item's writing.
+
+    Stopping the iteration early (an exception, Ctrl-C) cancels the writing not yet started and waits for the
+    running one.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnseg-writer", initializer=lower_thread_priority)
+    waiting: tuple[T, Callable[[], R]] | None = None
+    try:
+        for item in items:
+            if inline is not None and inline(item):
+                if waiting is not None:
+                    yield waiting
+                    waiting = None
+                executor.submit(lambda: None).result()  # every earlier writing done (the caller may not have asked)
+                yield item, (lambda item=item: prepare(item)())
+                continue
+            try:
+                finish = prepare(item)
+            except Exception as error:  # handed to this item's result, as a failing job's in `pipelined`
+                current = (item, _raiser(error))
+            else:
+                current = (item, executor.submit(finish).result)
+            if waiting is not None:
+                yield waiting
+            waiting = current
+        if waiting is not None:
+            yield waiting
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _raiser(error: BaseException) -> Callable[[], Any]:
+    def result() -> Any:
+        raise error
+
+    return result
