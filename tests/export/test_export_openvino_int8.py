@@ -231,6 +231,36 @@ def test_accuracy_control_keeps_the_drop_within_the_bound(self_labelled_run, cap
 
 def test_accuracy_control_needs_a_bound(run_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--out", "m.xml", "--accuracy-control"])
+    for bounds in ([], ["--max-drop", "1", "--min-agreement", "99"]):
+        code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--out", "m.xml",
+                     "--accuracy-control", *bounds])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "--accuracy-control needs one bound: --max-drop P" in err
+        assert list(tmp_path.iterdir()) == []
+    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--out", "m.xml", "--min-agreement", "0"])
+    assert code == 2 and "--min-agreement 0.0: must be a percentage in (0, 100]" in capsys.readouterr().err
+
+
+def test_accuracy_control_on_agreement_with_fp32(self_labelled_run, capsys):
+    """The agreement bound needs no labels: against the plain quantization of the same images, the accuracy-aware
+    mode returns operations to float until INT8 keeps --min-agreement percent of fp32's labels; a plain run asked
+    for that agreement refuses and writes nothing."""
+    folder = self_labelled_run.parent
+    plain, controlled = folder / "plain_agree" / "m.xml", folder / "agree" / "m.xml"
+    common = ["--calib", "split:val", "--calib-count", "4"]
+    assert main(["quantize", str(self_labelled_run), *common, "--out", str(plain)]) == 0
+    plain_report = json.loads(plain.with_suffix(".report.json").read_text())
+    assert plain_report["agreement"] < 1.0
+    bound = round(100 * plain_report["agreement"] + 0.5 * (100 - 100 * plain_report["agreement"]), 3)
+    refused = folder / "refused_agree" / "m.xml"
+    code = main(["quantize", str(self_labelled_run), *common, "--out", str(refused), "--min-agreement", str(bound)])
     err = capsys.readouterr().err
-    assert code == 2 and "--accuracy-control needs --max-drop P" in err and list(tmp_path.iterdir()) == []
+    assert code == 2 and f"--min-agreement {bound}: INT8 gives fp32's label on" in err and not refused.exists()
+    assert main(["quantize", str(self_labelled_run), *common, "--out", str(controlled), "--accuracy-control",
+                 "--min-agreement", str(bound), "--ranking-count", "4"]) == 0  # fmt: skip
+    assert f"accuracy control: at least {bound}% of the labels as fp32's on split val" in capsys.readouterr().err
+    report = json.loads(controlled.with_suffix(".report.json").read_text())
+    assert 100 * report["agreement"] >= bound - 1e-6
+    record = report["quantization"]
+    assert record["accuracy_control"] == {"min_agreement": bound, "validation_images": 4, "ranking_images": 4}
+    assert 0 <= record["quantized_operations"] < plain_report["quantization"]["quantized_operations"]

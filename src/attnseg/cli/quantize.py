@@ -12,10 +12,15 @@ The accuracy report compares INT8 with fp32 on the same images: label agreement,
 is printed and written to ``<out>.report.json``. With ``--max-drop P`` the command refuses (exit 2, nothing written)
 when INT8 loses more than P points of mIoU; without it, a drop above 0.5 points is a warning.
 
+``--min-agreement P`` refuses in the same way when INT8 gives fp32's label on fewer than P percent of the pixels
+(no labels needed).
+
 ``--accuracy-control --max-drop P`` runs NNCF's accuracy-aware mode instead of the plain quantization: the quantized
 operations are ranked by what they cost on ``--ranking-count`` images of the report split, and the costliest go back
 to floating point until INT8 loses at most P points on the report split (the same images the report then measures:
-pass a split the model was not tuned on). It takes several passes over the split.
+pass a split the model was not tuned on). It takes several passes over the split. ``--accuracy-control
+--min-agreement P`` bounds the agreement with fp32 instead, on the report images (or the calibration images when
+there is no report split).
 
 ``attnseg predict/eval --backend openvino`` run the result unchanged (its sidecar carries the preprocessing).
 Needs the ``int8`` extra: ``pip install -e '.[int8]'`` (nncf + openvino).
@@ -62,9 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
     parser.add_argument("--max-drop", type=float, default=None,
                         help="refuse when INT8 loses more than this many mIoU points (needs a labelled split)")
+    parser.add_argument("--min-agreement", type=float, default=None, metavar="P",
+                        help="refuse when INT8 gives fp32's label on fewer than P percent of the pixels (no labels "
+                             "needed)")
     parser.add_argument("--accuracy-control", action="store_true",
                         help="NNCF's accuracy-aware mode: return the costliest operations to float until INT8 loses "
-                             "at most --max-drop points on --report-split (needs both)")
+                             "at most --max-drop points on --report-split, or agrees with fp32 on at least "
+                             "--min-agreement percent of the report images' pixels (needs one of them)")
     parser.add_argument("--ranking-count", type=positive_int, default=16,
                         help="with --accuracy-control: images the operations are ranked on (default %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO threads (default: all)")
@@ -85,8 +94,11 @@ def validate(args: argparse.Namespace) -> None:
                           "call (N=1, C=3)")  # fmt: skip
     if args.max_drop is not None and not args.max_drop >= 0:
         raise ConfigError(f"--max-drop {args.max_drop}: must be a number of points >= 0")
-    if args.accuracy_control and args.max_drop is None:
-        raise ConfigError("--accuracy-control needs --max-drop P, the mIoU points INT8 may lose")
+    if args.min_agreement is not None and not 0 < args.min_agreement <= 100:
+        raise ConfigError(f"--min-agreement {args.min_agreement}: must be a percentage in (0, 100]")
+    if args.accuracy_control and (args.max_drop is None) == (args.min_agreement is None):
+        raise ConfigError("--accuracy-control needs one bound: --max-drop P (the mIoU points INT8 may lose) or "
+                          "--min-agreement P (the percentage of fp32's labels INT8 must keep)")
     args.settings = QuantizationSettings(args.model_type, args.preset,
                                          tuple(name for name in args.keep_float.split(",") if name),
                                          args.bias_correction)  # fmt: skip
@@ -194,9 +206,10 @@ def run(args: argparse.Namespace) -> int:
         control = None
         if args.accuracy_control:  # NNCF validates several times: the split is held in memory for it
             samples = list(samples)
-            control = AccuracyControl(samples, args.max_drop, sidecar.num_classes, args.ranking_count)
-            print(f"accuracy control: at most {args.max_drop} mIoU points lost on {where} ({len(samples)} images, "
-                  f"operations ranked on {min(args.ranking_count, len(samples))})", file=sys.stderr)  # fmt: skip
+            control = AccuracyControl(samples, sidecar.num_classes, args.max_drop, args.min_agreement,
+                                      args.ranking_count)  # fmt: skip
+            print(f"accuracy control: {control.describe()} on {where} ({len(samples)} images, operations ranked on "
+                  f"{min(args.ranking_count, len(samples))})", file=sys.stderr)  # fmt: skip
         staged = Path(work) / "int8.xml"
         result = quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights),
                              accuracy_control=control)  # fmt: skip
@@ -207,6 +220,10 @@ def run(args: argparse.Namespace) -> int:
         if args.max_drop is not None and drop is not None and drop > args.max_drop:
             raise AttnsegError(f"--max-drop {args.max_drop}: INT8 loses {drop:.2f} mIoU points on {where}; nothing "
                                "written (try --keep-float scale-attention,ocr-context or more --calib-count)")
+        if args.min_agreement is not None and 100 * report.agreement < args.min_agreement:
+            raise AttnsegError(f"--min-agreement {args.min_agreement}: INT8 gives fp32's label on "
+                               f"{report.agreement:.2%} of the pixels of {where}; nothing written (try "
+                               "--accuracy-control)")  # fmt: skip
         if drop is not None and drop > WARN_DROP_POINTS:
             print(f"warning: INT8 loses {drop:.2f} mIoU points on {where} (above {WARN_DROP_POINTS})", file=sys.stderr)
         record = {"report_on": where, **report.to_json(), "quantization": result.extra["quantization"],

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,26 +124,54 @@ def static_input_size(sidecar: ExportSidecar, path: Path) -> tuple[int, int]:
 @dataclasses.dataclass(frozen=True)
 class AccuracyControl:
     """NNCF's accuracy-aware quantization: after the plain quantization, the operations whose quantization costs the
-    most mIoU on `samples` go back to floating point, one group after another, until INT8 loses at most
-    `max_drop_points` there (or nothing is left to revert).
+    most on `samples` go back to floating point, one group after another, until the bound holds there (or nothing is
+    left to revert). The bound is one of: INT8 loses at most `max_drop_points` of mIoU against the labels, or INT8
+    agrees with fp32 on at least `min_agreement` percent of the labels (no labels needed).
 
     Attributes:
-        samples: labelled inputs (`ReportSample` with a label) on which mIoU is measured.
-        max_drop_points: the bound, in mIoU points.
+        samples: inputs on which the bound is measured (with labels for `max_drop_points`).
         num_classes: classes of the labels (ids at or above it are ignored).
+        max_drop_points: the mIoU bound, in points, or None.
+        min_agreement: the agreement bound, in percent of the pixels, or None.
         ranking_subset: images NNCF ranks the quantized operations on (at most len(samples)).
     """
 
     samples: Sequence[ReportSample]
-    max_drop_points: float
     num_classes: int
+    max_drop_points: float | None = None
+    min_agreement: float | None = None
     ranking_subset: int = 16
 
     def __post_init__(self) -> None:
-        if not self.samples or any(sample.label is None for sample in self.samples):
-            raise AttnsegError("accuracy control needs labelled images (a split with labels)")
-        if not self.max_drop_points >= 0:
-            raise AttnsegError(f"accuracy control: the bound must be >= 0 points, got {self.max_drop_points}")
+        if (self.max_drop_points is None) == (self.min_agreement is None):
+            raise AttnsegError("accuracy control: give one bound, a mIoU drop or an agreement with fp32")
+        if not self.samples:
+            raise AttnsegError("accuracy control needs images to measure the bound on")
+        if self.max_drop_points is not None:
+            if any(sample.label is None for sample in self.samples):
+                raise AttnsegError("accuracy control on mIoU needs labelled images (a split with labels)")
+            if not self.max_drop_points >= 0:
+                raise AttnsegError(f"accuracy control: the bound must be >= 0 points, got {self.max_drop_points}")
+        elif not 0 < self.min_agreement <= 100:
+            raise AttnsegError(f"accuracy control: the agreement must be in (0, 100] percent, got {self.min_agreement}")
+
+    @property
+    def nncf_max_drop(self) -> float:
+        """The bound as NNCF's absolute drop of the validation metric (a fraction; fp32 agrees with itself on 1.0)."""
+        if self.max_drop_points is not None:
+            return self.max_drop_points / 100.0
+        return (100.0 - self.min_agreement) / 100.0
+
+    def describe(self) -> str:
+        if self.max_drop_points is not None:
+            return f"at most {self.max_drop_points} mIoU points lost"
+        return f"at least {self.min_agreement}% of the labels as fp32's"
+
+    def record(self) -> dict[str, Any]:
+        bound = ({"max_drop_points": self.max_drop_points} if self.max_drop_points is not None
+                 else {"min_agreement": self.min_agreement})  # fmt: skip
+        return {**bound, "validation_images": len(self.samples),
+                "ranking_images": min(self.ranking_subset, len(self.samples))}  # fmt: skip
 
     def miou(self, compiled: Any, samples: Iterable[ReportSample]) -> float:
         """mIoU of a compiled model on `samples` (NNCF's validation function: higher is better)."""
@@ -151,6 +179,23 @@ class AccuracyControl:
         for sample in samples:
             confusion += _confusion(_labels_of(compiled, sample.inputs), sample.label, self.num_classes)
         return _mean_iou(_class_ious(confusion)) or 0.0
+
+    def agreement(self, references: dict[int, np.ndarray]) -> Callable[[Any, Iterable[ReportSample]],
+                                                                       tuple[float, list[float]]]:
+        """NNCF's validation function for the agreement bound: (share of the pixels whose label is that of
+        `references`, per-image shares), `references` keyed by ``id(sample)``."""
+
+        def validate(compiled: Any, samples: Iterable[ReportSample]) -> tuple[float, list[float]]:
+            same = total = 0
+            per_image = []
+            for sample in samples:
+                reference = references[id(sample)]
+                agree = int((_labels_of(compiled, sample.inputs) == reference).sum())
+                same, total = same + agree, total + reference.size
+                per_image.append(agree / reference.size)
+            return same / max(total, 1), per_image
+
+        return validate
 
 
 def count_quantized_operations(model: Any) -> int:
@@ -219,10 +264,7 @@ def quantize_ir(
               "quantized_operations": count_quantized_operations(quantized),
               "seconds": round(seconds, 1), "source": source or str(fp32_path)}  # fmt: skip
     if accuracy_control is not None:
-        record["accuracy_control"] = {"max_drop_points": accuracy_control.max_drop_points,
-                                      "validation_images": len(accuracy_control.samples),
-                                      "ranking_images": min(accuracy_control.ranking_subset,
-                                                            len(accuracy_control.samples))}  # fmt: skip
+        record["accuracy_control"] = accuracy_control.record()
     # The parts left in floating point follow the runtime's precision hint (bf16 where the CPU has it natively).
     result = dataclasses.replace(sidecar, extra={**sidecar.extra, "quantization": record})
     write_export_sidecar(out_path, result)
@@ -231,17 +273,24 @@ def quantize_ir(
 
 def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Sequence[np.ndarray], options: dict[str, Any],
                                     control: AccuracyControl) -> Any:
-    """NNCF's `quantize_with_accuracy_control` with mIoU on the control's labelled samples as the metric."""
+    """NNCF's `quantize_with_accuracy_control` with the control's bound: mIoU on its labelled samples, or the
+    agreement with the fp32 graph's labels (computed here, with the fp32 hint)."""
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     samples = list(control.samples)
     validation = nncf.Dataset(samples, lambda sample: sample.inputs)
+    metric: Callable[..., Any] = control.miou
+    if control.min_agreement is not None:
+        ov = require_openvino()
+        fp32 = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        metric = control.agreement({id(sample): _labels_of(fp32, sample.inputs) for sample in samples})
+        del fp32
     restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(control.ranking_subset, len(samples)))
     options = dict(options)
     if "advanced_parameters" in options:  # this entry point names them differently
         options["advanced_quantization_parameters"] = options.pop("advanced_parameters")
     return nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset(list(calibration)), validation, control.miou, max_drop=control.max_drop_points / 100.0,
+        model, nncf.Dataset(list(calibration)), validation, metric, max_drop=control.nncf_max_drop,
         drop_type=nncf.DropType.ABSOLUTE, advanced_accuracy_restorer_parameters=restorer, **options,
     )  # fmt: skip
 
