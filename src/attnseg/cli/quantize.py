@@ -192,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
             image_samples(files, sidecar, size) if files else dataset_samples(calib_dataset, sidecar, size,
                                                                               args.calib_count))]  # fmt: skip
         print(f"quantizing with {len(calibration)} calibration images ({args.settings.model_type}, "
-              f"{args.settings.preset}, float: {', '.join(args.settings.keep_float) or 'NNCF default'})",
-              file=sys.stderr)  # fmt: skip
+              f"{args.settings.preset}, bias correction {args.settings.bias_correction}, float: "
+              f"{', '.join(args.settings.keep_float) or 'NNCF default'})", file=sys.stderr)  # fmt: skip
         report_split = args.report_split or (config.eval.split if config is not None else None)
         if args.max_drop is not None and report_split is None:
             raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")

@@ -27,7 +27,7 @@ a Zen 4 EPYC, 2 cores, the demo model at 1024x2048 with the five default dumps: 
 model alone, a writer at normal priority +15.2%, the idle-priority writer +6.8% and +9.0% (two runs of
 `python -m attnseg.benchmark.eval`).
 
-All three stop their threads on exit, so an exception or Ctrl-C in the caller leaves nothing running behind it
+All of them stop their threads on exit, so an exception or Ctrl-C in the caller leaves nothing running behind it
 (a job already started is finished: the writers write atomically, `attnseg.fileio`).
 """
 
@@ -62,7 +62,7 @@ class PipelineChoice:
 
 def lower_thread_priority() -> bool:
     """Put the calling thread in Linux's idle scheduling class (``SCHED_IDLE``): it then runs only on cycles no
-    other thread of the machine wants. Threads it starts (an OpenMP team for torch's work) inherit the class.
+    other thread of the machine wants. Threads it starts later (an OpenMP team for torch's work) inherit the class.
 
     Returns:
         False where the system has no such class or refuses it (the thread then keeps its priority).
