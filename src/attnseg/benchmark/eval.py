@@ -46,7 +46,7 @@ from attnseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, id_to_tr
 from attnseg.data.statistics import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.inference import dump
 from attnseg.inference.eval_job import EvalOutputs
-from attnseg.inference.pipeline import choose_pipeline
+from attnseg.inference.pipeline import PipelineChoice, choose_pipeline
 from attnseg.inference.evaluate import InferenceRecipe, evaluate_model, model_forward, scores_to_labels
 from attnseg.inference.preprocess import normalize_image
 from attnseg.metrics.confusion import ConfusionMatrix
@@ -231,12 +231,11 @@ def time_eval(subject: Subject, loader: Any, dump_dir: Path | None, kinds: list[
 
 
 def time_rows(subject: Subject, loader: Any, batches: list[dict[str, Any]], folder: Path, kinds: list[str],
-              rounds: int, default: tuple[Any, bool, bool]) -> dict[str, list[Measurement]]:  # fmt: skip
+              rounds: int, default: tuple[Any, PipelineChoice]) -> dict[str, list[Measurement]]:  # fmt: skip
     """Every row `rounds` times, in the order A B C D, then D C B A, ...: a load that drifts during the run then
-    weighs on every row alike. `default` is the loader and the pipeline and idle-writer flags `attnseg eval` picks
-    here."""
-    default_loader, default_pipeline, default_idle_writer = default
-    chosen = {"pipeline": default_pipeline, "idle_writer": default_idle_writer}
+    weighs on every row alike. `default` is the loader and the `PipelineChoice` `attnseg eval` makes here."""
+    default_loader, choice = default
+    chosen = {"pipeline": choice.pipeline, "idle_writer": choice.idle_writer}
     runs: dict[str, Callable[[], Measurement]] = {
         "model alone": lambda: time_model_alone(subject, batches),
         "eval, before": lambda: _before(lambda: time_eval(subject, loader, folder / "dump0", kinds, pipeline=False)),
@@ -384,8 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         choice = choose_pipeline(None, args.threads, args.workers)
         default_loader = loader if choice.workers == args.workers else build_eval_loader(
             data_cfg, "val", num_workers=choice.workers, dataset=dataset)
-        rows = time_rows(subject, loader, batches, folder, kinds, args.rounds,
-                         (default_loader, choice.pipeline, choice.idle_writer))
+        rows = time_rows(subject, loader, batches, folder, kinds, args.rounds, (default_loader, choice))
         images = sorted((root / "val" / "images").glob("*.png"))
         stages = stage_seconds(subject, images[0], root / "val" / "labels" / images[0].name, folder / "dump3", kinds)
     table = format_table(args, subject, rows, stages, load_start, choice.reason)

@@ -259,16 +259,10 @@ def assign_output_names(items: list[InputItem]) -> None:
         item.out_name = item.relative.name if index in whole else item.relative.stem
 
 
-def predict_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float, *, confidence: bool = False,
-                  attention: bool = False) -> None:  # fmt: skip
-    """Write the label, colour and (optionally) overlay, confidence and per-scale attention PNGs of one image."""
-    prepare_image(predictor, item, out_dir, overlay, alpha, confidence=confidence, attention=attention)()
-
-
 def prepare_image(predictor, item: InputItem, out_dir: Path, overlay: bool, alpha: float, *, confidence: bool = False,
                   attention: bool = False) -> Callable[[], None]:  # fmt: skip
-    """Read and predict one image; returns the function that writes its PNGs (`predict_image`'s), so that the
-    writing can run behind the next image's forward."""
+    """Read and predict one image; returns the function that writes its label, colour and (optionally) overlay,
+    confidence and per-scale attention PNGs, so that the writing can run behind the next image's forward."""
     from attnseg.inference.confidence import unit_to_uint8
     from attnseg.inference.dump import scale_map_images, write_png
     from attnseg.inference.predictor import read_image
@@ -460,21 +454,26 @@ def run(args: argparse.Namespace) -> int:
     # this thread; results come in order.
     lock = threading.Lock()
 
-    def job(item: InputItem):
-        if item.is_video:
-            log.start(str(item.path))
-            return predict_video(predictor, item, args.out, args.alpha, progress)
-        shared = SerializedCalls(predictor, lock, free=("colorize", "overlay"),
-                                 on_enter=lambda: log.start(str(item.path)))  # fmt: skip
-        return predict_image(shared, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
+    def image(model, item: InputItem) -> Callable[[], None]:
+        return prepare_image(model, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
                              attention=args.attention)  # fmt: skip
 
-    def prepare(item: InputItem):
-        if item.is_video:
-            return lambda: job(item)
+    def video(item: InputItem) -> int:
         log.start(str(item.path))
-        return prepare_image(predictor, item, args.out, args.overlay, args.alpha, confidence=args.confidence,
-                             attention=args.attention)  # fmt: skip
+        return predict_video(predictor, item, args.out, args.alpha, progress)
+
+    def job(item: InputItem):  # `pipelined`: the image is named when its forward starts, under the lock
+        if item.is_video:
+            return video(item)
+        shared = SerializedCalls(predictor, lock, free=("colorize", "overlay"),
+                                 on_enter=lambda: log.start(str(item.path)))  # fmt: skip
+        return image(shared, item)()
+
+    def prepare(item: InputItem):  # `written_behind`: read and predict here, return the writing
+        if item.is_video:
+            return lambda: video(item)
+        log.start(str(item.path))
+        return image(predictor, item)
 
     choice = choose_pipeline_for(args.pipeline, predictor.device, 0)
     if choice.idle_writer:  # the model in this thread, each image's files written behind the next one's forward

@@ -357,7 +357,7 @@ def _evaluate_batches(
     on_prediction: PredictionCallback | None,
     progress: bool,
     pipeline: bool,
-    idle_writer: bool = False,
+    idle_writer: bool,
 ) -> None:
     """The loop of `evaluate_model`: every batch through the recipe into `confusion` and `on_prediction`.
 
