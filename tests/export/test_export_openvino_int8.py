@@ -264,3 +264,70 @@ def test_accuracy_control_on_agreement_with_fp32(self_labelled_run, capsys):
     record = report["quantization"]
     assert record["accuracy_control"] == {"min_agreement": bound, "validation_images": 4, "ranking_images": 4}
     assert 0 <= record["quantized_operations"] < plain_report["quantization"]["quantized_operations"]
+
+
+def _export_three_scales(run_folder, target):
+    assert main(["export", str(run_folder / "run"), "--format", "openvino", "--out", str(target), "--input-shape",
+                 "1", "3", "64", "128", "--scales", "0.5,1.0,2.0", "--output", "logits", "--precision",
+                 "fp32"]) == 0  # fmt: skip
+
+
+def test_scale_branches_hold_each_scale_at_its_own_resolution(run_folder):
+    """Each branch is the network at its scale's resolution: its largest convolution output is the stride-2 stem's,
+    half of the scaled 64x128 input; and no operation belongs to two branches."""
+    import openvino as ov
+
+    from attnseg.export.quantize import scale_branches
+
+    target = run_folder / "three_scales" / "fp32.xml"
+    _export_three_scales(run_folder, target)
+    model = ov.Core().read_model(str(target))
+    branches = scale_branches(model, (1, 3, 64, 128))
+    assert sorted(branches) == [0.5, 1.0, 2.0]
+    shapes = {op.get_friendly_name(): op.get_output_partial_shape(0).to_shape() for op in model.get_ops()
+              if op.get_type_name() == "Convolution"}  # fmt: skip
+    # The same network at every scale; only the largest computes no scale attention (it is weighted by the others').
+    assert len(branches[0.5]) == len(branches[1.0]) > len(branches[2.0]) > 50
+    for scale, names in branches.items():
+        largest = max(shapes[name][2] * shapes[name][3] for name in names if name in shapes)
+        assert largest == (64 * scale / 2) * (128 * scale / 2)
+    assert len(set().union(*branches.values())) == sum(len(names) for names in branches.values())
+
+
+def test_float_scales_leave_the_named_branches_unquantized(run_folder, capsys):
+    import openvino as ov
+
+    from attnseg.export.quantize import scale_branches
+
+    out = run_folder / "float_scales" / "model_int8.xml"
+    assert main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--calib-count", "2", "--scales",
+                 "0.5,1.0,2.0", "--float-scales", "0.5,1", "--out", str(out)]) == 0  # fmt: skip
+    assert "scale 0.5, scale 1)" in capsys.readouterr().err
+    # The branches are read on the fp32 graph (in the INT8 one a quantizer sits between the input and its resizes).
+    _export_three_scales(run_folder, run_folder / "float_scales" / "fp32.xml")
+    branches = scale_branches(ov.Core().read_model(str(run_folder / "float_scales" / "fp32.xml")), (1, 3, 64, 128))
+    model = ov.Core().read_model(str(out))
+    producers = {op.get_friendly_name(): op.input_value(0).get_node().get_type_name() for op in model.get_ops()
+                 if op.get_type_name() == "Convolution"}  # fmt: skip
+
+    def quantized_share(scale):
+        convolutions = [name for name in branches[scale] if name in producers]
+        return sum(producers[name] == "FakeQuantize" for name in convolutions) / len(convolutions)
+
+    assert quantized_share(0.5) == 0 and quantized_share(1.0) == 0 and quantized_share(2.0) > 0.9
+    record = json.loads(out.with_suffix(".xml.json").read_text())["extra"]["quantization"]
+    assert record["settings"]["float_scales"] == [0.5, 1.0]
+    assert record["float_scale_operations"] == len(branches[0.5]) + len(branches[1.0])
+
+
+@pytest.mark.parametrize("scales, message", [
+    ("0.75", "--float-scales 0.75: the graph runs scales 0.5, 1"),
+    ("0.5,1.0", "--float-scales names every scale of the graph: nothing would be quantized"),
+])  # fmt: skip
+def test_float_scales_the_graph_does_not_run_are_refused(run_folder, tmp_path, capsys, scales, message):
+    out = tmp_path / "q" / "model_int8.xml"
+    code = main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--float-scales", scales,
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and message in err.strip().splitlines()[-1]
+    assert not out.exists() and list(out.parent.iterdir()) == []

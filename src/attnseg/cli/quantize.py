@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="NNCF's bias correction after quantization: fast (default), full (slower) or none")
     parser.add_argument("--keep-float", default="",
                         help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
+    parser.add_argument("--float-scales", type=scale_series, default=(),
+                        help="scales of the multi-scale graph whose branches stay in floating point, e.g. 0.5,1.0 "
+                             "(the low scales flip the most labels for their cost)")
     parser.add_argument("--max-drop", type=float, default=None,
                         help="refuse when INT8 loses more than this many mIoU points (needs a labelled split)")
     parser.add_argument("--min-agreement", type=float, default=None, metavar="P",
@@ -101,7 +104,7 @@ def validate(args: argparse.Namespace) -> None:
                           "--min-agreement P (the percentage of fp32's labels INT8 must keep)")
     args.settings = QuantizationSettings(args.model_type, args.preset,
                                          tuple(name for name in args.keep_float.split(",") if name),
-                                         args.bias_correction)  # fmt: skip
+                                         args.bias_correction, tuple(args.float_scales))  # fmt: skip
 
 
 def _config_for(args: argparse.Namespace):
@@ -173,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.errors import AttnsegError, ConfigError
     from attnseg.export.onnx import read_export_sidecar
     from attnseg.export.quantize import (
-        AccuracyControl, compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
+        AccuracyControl, compare_int8, dataset_samples, image_samples, match_scales, quantize_ir, require_nncf,
+        static_input_size,
     )  # fmt: skip
     from attnseg.fileio import atomic_write_text
     from attnseg.export.openvino import move_ir
@@ -188,12 +192,15 @@ def run(args: argparse.Namespace) -> int:
         fp32_path = _fp32_graph(args, config, size, Path(work))
         sidecar = read_export_sidecar(fp32_path)
         size = static_input_size(sidecar, fp32_path)
+        if args.settings.float_scales:  # before calibration, which is the long part
+            match_scales(args.settings.float_scales, sidecar.scales)
         calibration = [sample.inputs for sample in (
             image_samples(files, sidecar, size) if files else dataset_samples(calib_dataset, sidecar, size,
                                                                               args.calib_count))]  # fmt: skip
         print(f"quantizing with {len(calibration)} calibration images ({args.settings.model_type}, "
               f"{args.settings.preset}, bias correction {args.settings.bias_correction}, float: "
-              f"{', '.join(args.settings.keep_float) or 'NNCF default'})", file=sys.stderr)  # fmt: skip
+              f"{', '.join(args.settings.keep_float) or 'NNCF default'}"
+              f"{''.join(f', scale {scale:g}' for scale in args.settings.float_scales)})", file=sys.stderr)  # fmt: skip
         report_split = args.report_split or (config.eval.split if config is not None else None)
         if args.max_drop is not None and report_split is None:
             raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
