@@ -70,7 +70,7 @@ class QuantizationSettings:
             fusion and the other scales are quantized. The low scales flip labels out of proportion to their cost:
             their predictions are upsampled over wide regions. On the trained W48 (0.5/1/2 at 1024x2048, Zen 4)
             keeping 0.5 and 1.0 in bf16 raised the agreement with fp32 from 98.74% to 99.07% (three scenes) and
-            the time from 22.5 s to 25.5 s (bf16 alone: 36.4 s).
+            the time from 21.2 s to 25.2 s (all in bf16: 35.5 s).
     """
 
     model_type: str = "transformer"
