@@ -176,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.errors import AttnsegError, ConfigError
     from attnseg.export.onnx import read_export_sidecar
     from attnseg.export.quantize import (
-        AccuracyControl, compare_int8, dataset_samples, image_samples, match_scales, quantize_ir, require_nncf,
-        static_input_size,
+        AccuracyControl, compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
     )  # fmt: skip
+    from attnseg.export.scale_branches import match_scales
     from attnseg.fileio import atomic_write_text
     from attnseg.export.openvino import move_ir
 

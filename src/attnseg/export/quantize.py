@@ -6,9 +6,9 @@ convolutions, matrix products and resizes: the convolutions and products then ru
 resizes themselves and the fusion arithmetic compute in floating point (a resize reads int8-rounded values; leaving
 those unrounded changed neither the speed nor the agreement of the trained W48, 98.73% against 98.74% over three
 scenes). ``keep_float`` names further parts to leave unquantized (see `KEEP_FLOAT_GROUPS`), and ``float_scales`` whole
-scales of a multi-scale graph (`scale_branches`). `AccuracyControl` runs NNCF's accuracy-aware mode instead, which
-returns the costliest quantized operations to floating point until a bound on the mIoU drop or on the agreement with
-fp32 holds.
+scales of a multi-scale graph (`attnseg.export.scale_branches`). `AccuracyControl` runs NNCF's accuracy-aware mode
+instead, which returns the costliest quantized operations to floating point until a bound on the mIoU drop or on the
+agreement with fp32 holds.
 
 Measured on the demo model (HRNetV2-W18-Small-v1 + OCR, 3 scales, 256x512, 30 synthetic val images, 16
 calibration images): the CNN defaults lose 0.7 points of mIoU (0.737 -> 0.730, 99.1% label agreement); NNCF's
@@ -33,6 +33,7 @@ import numpy as np
 from attnseg.errors import AttnsegError, require_optional
 from attnseg.export.onnx import ExportSidecar, read_export_sidecar, write_export_sidecar
 from attnseg.export.openvino import compile_openvino, require_openvino, save_ir_atomically
+from attnseg.export.scale_branches import float_scale_operations
 
 # Node-name patterns (regular expressions over the exported graph's node names, which follow the module paths).
 KEEP_FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -41,8 +42,6 @@ KEEP_FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
     "ocr-context": (r".*object_context_block.*",),  # OCR's pixel-object attention only
     "psa": (r".*/psa/.*|.*attention.*",),  # PSANet's point-wise spatial attention branches
 }
-# Operation types NNCF runs on int8: what keeping a scale's branch in floating point leaves unquantized.
-QUANTIZABLE_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 MODEL_TYPES = ("transformer", "cnn")
 PRESETS = ("mixed", "performance")
 BIAS_CORRECTIONS = ("fast", "full", "none")
@@ -66,11 +65,11 @@ class QuantizationSettings:
             ``"fast"`` (NNCF's default), ``"full"`` (its slower layer-by-layer algorithm) or ``"none"``. On the
             trained W48, calibrated on 4 scenes at 512x1024, ``"none"`` agreed best with fp32 (98.82% against 98.67%
             with ``"fast"``) and calibrated in half the time.
-        float_scales: scales of a multi-scale graph whose branches stay in floating point (`scale_branches`); the
-            fusion and the other scales are quantized. The low scales flip labels out of proportion to their cost:
-            their predictions are upsampled over wide regions. On the trained W48 (0.5/1/2 at 1024x2048, Zen 4)
-            keeping 0.5 and 1.0 in bf16 raised the agreement with fp32 from 98.74% to 99.07% (three scenes) and
-            the time from 21.2 s to 25.2 s (all in bf16: 35.5 s).
+        float_scales: scales of a multi-scale graph whose branches stay in floating point
+            (`attnseg.export.scale_branches`); the fusion and the other scales are quantized. The low scales flip
+            labels out of proportion to their cost: their predictions are upsampled over wide regions. On the
+            trained W48 (0.5/1/2 at 1024x2048, Zen 4) keeping 0.5 and 1.0 in bf16 raised the agreement with fp32
+            from 98.74% to 99.07% (three scenes) and the time from 21.2 s to 25.2 s (all in bf16: 35.5 s).
     """
 
     model_type: str = "transformer"
@@ -98,86 +97,6 @@ class QuantizationSettings:
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "keep_float": list(self.keep_float), "patterns": self.patterns(),
                 "float_scales": list(self.float_scales)}  # fmt: skip
-
-
-def scale_branches(model: Any, input_shape: Sequence[int]) -> dict[float, list[str]]:
-    """The quantizable operations (`QUANTIZABLE_TYPES`) that each scale of a multi-scale graph runs on its own.
-
-    A scale's branch begins where the input image enters it: the resize of the input to that scale, or for scale 1
-    the operations that read the input as it is. An operation belongs to a scale when that branch alone reaches it;
-    the fusion of the branches' predictions belongs to none. A single-scale graph is one branch, scale 1.
-
-    Args:
-        model: an OpenVINO model whose one input is the normalised image (left unchanged).
-        input_shape: (N, C, H, W) at which the resizes' output sizes, hence their scales, are read.
-
-    Returns:
-        Node names per scale (rounded to 3 decimals), each list sorted.
-    """
-    ov = require_openvino()
-    probe = model.clone()
-    probe.reshape(ov.PartialShape([int(size) for size in input_shape]))
-    height = int(input_shape[2])
-    entries: dict[float, list[Any]] = {}
-    for target in probe.get_parameters()[0].output(0).get_target_inputs():
-        node = target.get_node()
-        if node.get_type_name() == "ShapeOf":  # size arithmetic, not image data
-            continue
-        scale = 1.0
-        if node.get_type_name() == "Interpolate":
-            scale = round(node.get_output_partial_shape(0)[2].get_length() / height, 3)
-        entries.setdefault(scale, []).append(node)
-    reached = {scale: _downstream(nodes) for scale, nodes in entries.items()}
-    branches = {}
-    for scale, nodes in reached.items():
-        elsewhere = set().union(*(other for key, other in reached.items() if key != scale))
-        branches[scale] = sorted(name for name, kind in nodes - elsewhere if kind in QUANTIZABLE_TYPES)
-    return branches
-
-
-def _downstream(starts: Sequence[Any]) -> set[tuple[str, str]]:
-    """(name, type) of `starts` and of every operation their outputs feed, not following shape computations."""
-    seen: set[tuple[str, str]] = set()
-    pending = list(starts)
-    while pending:
-        node = pending.pop()
-        key = (node.get_friendly_name(), node.get_type_name())
-        if key in seen or key[1] == "ShapeOf":
-            continue
-        seen.add(key)
-        pending += [target.get_node() for output in node.outputs() for target in output.get_target_inputs()]
-    return seen
-
-
-def float_scale_operations(model: Any, input_shape: Sequence[int], scales: Sequence[float]) -> list[str]:
-    """The operations of `scales`' branches (`scale_branches`), for NNCF's ignored scope.
-
-    Raises:
-        AttnsegError: a scale the graph does not run, or every scale it runs (nothing would be quantized).
-    """
-    branches = scale_branches(model, input_shape)
-    # A resize rounds its output size to whole pixels, so a branch's measured scale is within a pixel of its own.
-    chosen = match_scales(scales, tuple(branches), tolerance=1.0 / int(input_shape[2]) + 1e-3)
-    return [name for key in sorted(chosen) for name in branches[key]]
-
-
-def match_scales(requested: Sequence[float], graph_scales: Sequence[float], tolerance: float = 1e-3) -> set[float]:
-    """The scales of `graph_scales` that `requested` (``--float-scales``) names.
-
-    Raises:
-        AttnsegError: a scale the graph does not run, or every scale it runs (nothing would be quantized).
-    """
-    chosen = set()
-    for scale in requested:
-        match = [key for key in graph_scales if abs(key - scale) <= tolerance]
-        if not match:
-            raise AttnsegError(f"--float-scales {scale:g}: the graph runs scales "
-                               f"{', '.join(f'{key:g}' for key in sorted(graph_scales))}")  # fmt: skip
-        chosen.add(match[0])
-    if chosen == set(graph_scales):
-        raise AttnsegError("--float-scales names every scale of the graph: nothing would be quantized "
-                           "(leave the largest scale out)")  # fmt: skip
-    return chosen
 
 
 def fit_to_graph(image: np.ndarray, height: int, width: int) -> np.ndarray:
