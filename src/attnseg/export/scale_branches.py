@@ -29,7 +29,7 @@ def scale_branches(model: Any, input_shape: Sequence[int]) -> dict[float, list[s
         input_shape: (N, C, H, W) at which the resizes' output sizes, hence their scales, are read.
 
     Returns:
-        Node names per scale (rounded to 3 decimals), each list sorted.
+        Sorted node names, keyed by scale (the input resize's ratio, rounded to 3 decimals).
     """
     ov = require_openvino()
     probe = model.clone()
