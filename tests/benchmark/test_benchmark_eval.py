@@ -54,19 +54,23 @@ def test_eval_throughput_table(tmp_path, backend):
     # milliseconds to the run only (3 ms seen beside two busy processes).
     assert abs(alone_run - alone_forward) <= 0.02 + 0.05 * alone_forward
 
-    def ratio_tolerance(a, b):  # the table rounds seconds to 3 decimals and shares to 0.1 %
-        return 0.0005 / a + 0.0005 / b + 0.002
+    half = 0.0005  # the table rounds seconds to 3 decimals and shares to 0.1 %
+
+    def assert_printed_ratio(printed: float, a: float, b: float) -> None:
+        # Interval bounds, not a first-order tolerance: at 64x128 the model's CPU time rounds to a few milliseconds,
+        # where the first-order bound is too tight (7.826 printed, 7.0 +- 0.814 allowed, in a fresh CI run).
+        low = (a - half) / (b + half)
+        high = (a + half) / (b - half) if b > half else float("inf")
+        assert low - half - 1e-9 <= printed <= high + half + 1e-9, (printed, a, b)
 
     assert all(float(row[-1]) >= 0 for row in rows.values())
     for name, (seconds, per_second, forward, share, cpu, cpu_share, _) in ((n, r) for n, r in rows.items()
                                                                              if n != "model alone"):
         seconds, forward, cpu = float(seconds), float(forward), float(cpu)
         assert 0 < forward < seconds
-        assert 1 + float(share.rstrip("%")) / 100 == pytest.approx(seconds / model_seconds,
-                                                                   rel=ratio_tolerance(seconds, model_seconds))
-        assert 1 + float(cpu_share.rstrip("%")) / 100 == pytest.approx(cpu / model_cpu,
-                                                                       rel=ratio_tolerance(cpu, model_cpu))
-        assert float(per_second) == pytest.approx(1 / seconds, rel=ratio_tolerance(seconds, 1))
+        assert_printed_ratio(1 + float(share.rstrip("%")) / 100, seconds, model_seconds)
+        assert_printed_ratio(1 + float(cpu_share.rstrip("%")) / 100, cpu, model_cpu)
+        assert_printed_ratio(float(per_second), 1.0, seconds)
     lines = out.splitlines()
     first = next(index for index, line in enumerate(lines) if line.startswith("stage ")) + 1
     stages = [line.rsplit(None, 1)[0].strip() for line in lines[first : lines.index("", first)]]
