@@ -156,12 +156,46 @@ def test_bias_correction_none_keeps_the_fp32_biases_and_fast_does_not(run_folder
     assert changed["none"] == 0 and changed["fast"] > 0
 
 
+def _largest_int8_weight_per_convolution(model) -> list[int]:
+    """Per convolution, the largest |integer| of its int8 weight constant (behind the dequantizing Convert/Multiply)."""
+    largest = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() != "Constant":
+            node = node.input_value(0).get_node()
+        data = node.get_data()
+        assert data.dtype == np.int8, op.get_friendly_name()
+        largest.append(int(np.abs(data.astype(np.int16)).max()))
+    return largest
+
+
+def test_overflow_fix_gives_the_image_reading_layers_seven_bits_unless_none(run_folder):
+    import openvino as ov
+
+    largest = {}
+    for mode in ("first-layer", "none"):
+        out = run_folder / "overflow" / f"int8_{mode}.xml"
+        assert main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--calib-count", "2",
+                     "--out", str(out), "--overflow-fix", mode]) == 0  # fmt: skip
+        assert json.loads(out.with_suffix(".xml.json").read_text())["extra"]["quantization"]["settings"][
+            "overflow_fix"] == mode  # fmt: skip
+        largest[mode] = _largest_int8_weight_per_convolution(ov.Core().read_model(str(out)))
+    assert len(largest["first-layer"]) == len(largest["none"]) > 20
+    # One stem convolution per scale reads the (resized) image; every other layer keeps the full 8-bit range.
+    assert sum(value <= 64 for value in largest["first-layer"]) == len(SCALES)
+    assert all(value == 127 for value in largest["none"])
+    assert [a == b for a, b in zip(largest["first-layer"], largest["none"])].count(False) == len(SCALES)
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (["--out", "m.onnx"], "--out m.onnx: an OpenVINO model file ends in .xml"),
         (["--out", "m.xml", "--keep-float", "everything"], "--keep-float everything: unknown group"),
         (["--out", "m.xml", "--bias-correction", "some"], "argument --bias-correction: invalid choice: 'some'"),
+        (["--out", "m.xml", "--overflow-fix", "some"], "argument --overflow-fix: invalid choice: 'some'"),
         (["--out", "m.xml", "--max-drop", "-1"], "--max-drop -1.0: must be a number of points >= 0"),
         (["--out", "m.xml", "--input-shape", "2", "3", "64", "128"], "--input-shape 2 3 64 128: quantize one"),
     ],

@@ -39,7 +39,7 @@ WARN_DROP_POINTS = 0.5  # the bound OpenVINO's INT8 DeepLabV3 results stay withi
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from attnseg.cli.arguments import positive_int, scale_series
-    from attnseg.export.quantize import BIAS_CORRECTIONS, KEEP_FLOAT_GROUPS, MODEL_TYPES, PRESETS
+    from attnseg.export.quantize import BIAS_CORRECTIONS, KEEP_FLOAT_GROUPS, MODEL_TYPES, OVERFLOW_FIXES, PRESETS
 
     parser = subparsers.add_parser(
         "quantize",
@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="mixed", help="NNCF preset (default %(default)s)")
     parser.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default="fast",
                         help="NNCF's bias correction after quantization: fast (default), full (slower) or none")
+    parser.add_argument("--overflow-fix", choices=tuple(OVERFLOW_FIXES), default="first-layer",
+                        help="layers whose weights get 7 bits of range so that CPUs without VNNI/AMX cannot saturate: "
+                             "first-layer (default), all, or none (for VNNI/AMX CPUs only; more accurate there)")
     parser.add_argument("--keep-float", default="",
                         help=f"comma list of parts left unquantized: {', '.join(KEEP_FLOAT_GROUPS)}")
     parser.add_argument("--float-scales", type=scale_series, default=(),
@@ -104,7 +107,18 @@ def validate(args: argparse.Namespace) -> None:
                           "--min-agreement P (the percentage of fp32's labels INT8 must keep)")
     args.settings = QuantizationSettings(args.model_type, args.preset,
                                          tuple(name for name in args.keep_float.split(",") if name),
-                                         args.bias_correction, tuple(args.float_scales))  # fmt: skip
+                                         args.bias_correction, tuple(args.float_scales),
+                                         args.overflow_fix)  # fmt: skip
+
+
+def _warn_without_int8_dot_product(overflow_fix: str) -> None:
+    from attnseg.hardware import cpu_facts
+
+    facts = cpu_facts()
+    if overflow_fix != "none" or not facts.known or facts.int8_paths:
+        return
+    print("warning: --overflow-fix none on a CPU without VNNI or AMX: its int8 products can saturate with full-range "
+          "weights; the report below measures that. Deploy this model on VNNI/AMX CPUs only", file=sys.stderr)
 
 
 def _config_for(args: argparse.Namespace):
@@ -200,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"quantizing with {len(calibration)} calibration images ({args.settings.model_type}, "
               f"{args.settings.preset}, bias correction {args.settings.bias_correction}, float: "
               f"{', '.join(args.settings.keep_float) or 'NNCF default'}"
-              f"{''.join(f', scale {scale:g}' for scale in args.settings.float_scales)})", file=sys.stderr)  # fmt: skip
+              f"{''.join(f', scale {scale:g}' for scale in args.settings.float_scales)}; overflow fix "
+              f"{args.settings.overflow_fix})", file=sys.stderr)  # fmt: skip
+        _warn_without_int8_dot_product(args.settings.overflow_fix)
         report_split = args.report_split or (config.eval.split if config is not None else None)
         if args.max_drop is not None and report_split is None:
             raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
