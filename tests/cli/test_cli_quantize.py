@@ -13,7 +13,12 @@ UNKNOWN = CpuFacts()  # no /proc/cpuinfo: nothing to warn about
 
 @pytest.mark.parametrize(
     "facts, overflow_fix, warned",
-    [(AVX2_ONLY, "none", True), (AVX2_ONLY, "first-layer", False), (WITH_VNNI, "none", False), (UNKNOWN, "none", False)],
+    [
+        (AVX2_ONLY, "none", True),
+        (AVX2_ONLY, "first-layer", False),
+        (WITH_VNNI, "none", False),
+        (UNKNOWN, "none", False),
+    ],
 )
 def test_overflow_fix_none_warns_only_without_an_int8_dot_product(monkeypatch, capsys, facts, overflow_fix, warned):
     monkeypatch.setattr("attnseg.hardware.cpu_facts", lambda: facts)
