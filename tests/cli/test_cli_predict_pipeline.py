@@ -90,8 +90,13 @@ def test_next_image_is_read_while_the_model_runs(tmp_path, weights, monkeypatch,
     read_image = predictor_module.read_image
 
     def recording_read(path):
+        # A real 1024x2048 PNG takes tens of milliseconds to decode. Sampled at the end of such a read, the next
+        # forward has certainly started: sampled at the start of a 1 ms read, the sample raced the thread that takes
+        # the model's lock, and lost every time in one CI run.
+        image = read_image(path)
+        time.sleep(0.05)
         events.append(("read", path.name, SlowNet.running))
-        return read_image(path)
+        return image
 
     monkeypatch.setattr(predictor_module, "read_image", recording_read)
     code = main(["predict", str(weights), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress",
