@@ -198,6 +198,13 @@ def test_overflow_fix_gives_the_image_reading_layers_seven_bits_unless_none(run_
         (["--out", "m.xml", "--overflow-fix", "some"], "argument --overflow-fix: invalid choice: 'some'"),
         (["--out", "m.xml", "--max-drop", "-1"], "--max-drop -1.0: must be a number of points >= 0"),
         (["--out", "m.xml", "--input-shape", "2", "3", "64", "128"], "--input-shape 2 3 64 128: quantize one"),
+        (["--out", "m.xml", "--finetune-steps", "-1"], "fine-tuning steps must be >= 0"),
+        (["--out", "m.xml", "--finetune-steps", "2", "--float-scales", "0.5"],
+         "--float-scales: not available with fine-tuning"),
+        (["--out", "m.xml", "--finetune-steps", "2", "--bias-correction", "full"],
+         "--bias-correction full: NNCF's PyTorch backend, which fine-tuning uses, has only the fast"),
+        (["--out", "m.xml", "--finetune-steps", "2", "--accuracy-control", "--max-drop", "1"],
+         "--finetune-steps and --accuracy-control: choose one"),
     ],
 )
 def test_quantize_user_errors_are_one_line(run_folder, tmp_path, monkeypatch, capsys, arguments, message):
@@ -207,6 +214,41 @@ def test_quantize_user_errors_are_one_line(run_folder, tmp_path, monkeypatch, ca
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
+
+def test_finetuning_needs_the_pytorch_model_not_an_openvino_graph(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["quantize", "fp32.xml", "--calib", "images", "--out", "m.xml", "--finetune-steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--finetune-steps: fp32.xml is an OpenVINO graph; fine-tuning trains the PyTorch model" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetuned_int8_is_an_openvino_model_that_eval_runs_as_its_report_says(run_folder, capsys):
+    import openvino as ov
+
+    out = run_folder / "tuned" / "model_int8.xml"
+    assert main(["quantize", str(run_folder / "run"), "--calib", "split:val", "--calib-count", "3", "--out", str(out),
+                 "--finetune-steps", "4", "--finetune-lr", "1e-4", "--overflow-fix", "none"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "fine-tuning 4 steps by distillation from fp32 (KL; Adam lr 0.0001, batch 2, all parameters)" in err
+    assert "step 4/4: KL" in err
+    assert "warning: fine-tuning on the images the report measures (split val)" in err
+    sidecar = json.loads(out.with_suffix(".xml.json").read_text())
+    record = sidecar["extra"]["quantization"]
+    assert "PyTorch backend" in record["tool"] and record["settings"]["overflow_fix"] == "none"
+    assert record["finetune"]["steps"] == 4 and record["finetune"]["learning_rate"] == 1e-4
+    assert record["finetune"]["first_loss"] > 0 and record["quantized_operations"] > 20
+    graph = ov.Core().read_model(str(out))
+    assert graph.inputs[0].get_any_name() == sidecar["input_name"]
+    assert list(graph.inputs[0].get_shape()) == [1, 3, 64, 128]
+    assert graph.outputs[0].get_any_name() == sidecar["output_name"] and sidecar["scales"] == list(SCALES)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["quantization"]["finetune"]["steps"] == 4
+    target = run_folder / "tuned_eval.json"
+    assert main(["eval", str(run_folder / "run" / "config.yaml"), "--weights", str(out), "--backend", "openvino",
+                 "--precision", "fp32", "--json", str(target), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(target.read_text())["mIoU"] == pytest.approx(report["int8_miou"], abs=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,11 @@ pass a split the model was not tuned on). It takes several passes over the split
 --min-agreement P`` bounds the agreement with fp32 instead, on the report images (or the calibration images when
 there is no report split).
 
+``--finetune-steps N`` quantizes the PyTorch model instead (NNCF's PyTorch backend, the same settings) and then
+trains the quantized network for N steps (quantization-aware fine-tuning) to reproduce fp32's class distributions on
+the calibration images (the KL divergence of INT8's from fp32's: no labels needed), before converting it to
+OpenVINO IR. It needs a run directory or checkpoint.
+
 ``attnseg predict/eval --backend openvino`` run the result unchanged (its sidecar carries the preprocessing).
 Needs the ``int8`` extra: ``pip install -e '.[int8]'`` (nncf + openvino).
 """
@@ -32,6 +37,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 WARN_DROP_POINTS = 0.5  # the bound OpenVINO's INT8 DeepLabV3 results stay within (a few tenths of a point)
@@ -40,6 +46,7 @@ WARN_DROP_POINTS = 0.5  # the bound OpenVINO's INT8 DeepLabV3 results stay withi
 def register(subparsers: argparse._SubParsersAction) -> None:
     from attnseg.cli.arguments import positive_int, scale_series
     from attnseg.export.quantize import BIAS_CORRECTIONS, KEEP_FLOAT_GROUPS, MODEL_TYPES, OVERFLOW_FIXES, PRESETS
+    from attnseg.export.quantize_finetune import FINETUNE_PARAMETERS
 
     parser = subparsers.add_parser(
         "quantize",
@@ -82,6 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--min-agreement percent of the report images' pixels (needs one of them)")
     parser.add_argument("--ranking-count", type=positive_int, default=16,
                         help="with --accuracy-control: images the operations are ranked on (default %(default)s)")
+    parser.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                        help="quantization-aware fine-tuning: N steps of distilling fp32 into the quantized PyTorch "
+                             "model on the calibration images (default 0: post-training quantization only)")
+    parser.add_argument("--finetune-lr", type=float, default=1e-5, help="Adam learning rate (default %(default)s)")
+    parser.add_argument("--finetune-batch", type=positive_int, default=2, help="images per step (default %(default)s)")
+    parser.add_argument("--finetune-params", choices=FINETUNE_PARAMETERS, default="all",
+                        help="what the fine-tuning trains: all (default), weights (convolutions) or ranges "
+                             "(the quantizers')")
     parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO threads (default: all)")
     parser.set_defaults(func=run, validate=validate)
 
@@ -109,6 +124,28 @@ def validate(args: argparse.Namespace) -> None:
                                          tuple(name for name in args.keep_float.split(",") if name),
                                          args.bias_correction, tuple(args.float_scales),
                                          args.overflow_fix)  # fmt: skip
+    _validate_finetune(args)
+
+
+def _validate_finetune(args: argparse.Namespace) -> None:
+    from attnseg.errors import AttnsegError, ConfigError
+    from attnseg.export.quantize_finetune import FinetuneSettings, check_torch_backend_settings
+
+    try:
+        args.finetune = FinetuneSettings(args.finetune_steps, args.finetune_lr, args.finetune_batch,
+                                         args.finetune_params)  # fmt: skip
+        if args.finetune.steps:
+            check_torch_backend_settings(args.settings)
+    except AttnsegError as error:
+        raise ConfigError(str(error)) from None
+    if not args.finetune.steps:
+        return
+    if Path(args.weights).suffix == ".xml":
+        raise ConfigError(f"--finetune-steps: {args.weights} is an OpenVINO graph; fine-tuning trains the PyTorch "
+                          "model: give the run directory or checkpoint")  # fmt: skip
+    if args.accuracy_control:
+        raise ConfigError("--finetune-steps and --accuracy-control: choose one (NNCF's accuracy-aware mode works on "
+                          "the OpenVINO graph)")  # fmt: skip
 
 
 def _warn_without_int8_dot_product(overflow_fix: str) -> None:
@@ -119,6 +156,15 @@ def _warn_without_int8_dot_product(overflow_fix: str) -> None:
         return
     print("warning: --overflow-fix none on a CPU without VNNI or AMX: its int8 products can saturate with full-range "
           "weights; the report below measures that. Deploy this model on VNNI/AMX CPUs only", file=sys.stderr)
+
+
+def _warn_finetune_on_report(args: argparse.Namespace, report_split: str | None) -> None:
+    """Fine-tuning on the images the report measures makes the report flatter the model."""
+    calibration_split = args.calib[0][len("split:"):] if args.calib[0].startswith("split:") else None
+    if args.finetune.steps and (report_split is None or calibration_split == report_split):
+        where = f"split {report_split}" if report_split is not None else "the calibration images"
+        print(f"warning: fine-tuning on the images the report measures ({where}): the agreement and mIoU below "
+              "flatter INT8; calibrate on another split (e.g. --calib split:train)", file=sys.stderr)  # fmt: skip
 
 
 def _config_for(args: argparse.Namespace):
@@ -167,13 +213,14 @@ def _first_image_size(files: list[Path], dataset) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-def _fp32_graph(args: argparse.Namespace, config, size: tuple[int, int], folder: Path) -> Path:
-    """The fp32 IR to quantize: WEIGHTS itself when it is one, else an export of the checkpoint."""
+def _fp32_graph(args: argparse.Namespace, config, size: tuple[int, int], folder: Path):
+    """(the fp32 IR to quantize, the PyTorch model or None, the fused scales or None): WEIGHTS itself when it is an
+    IR, else an export of the checkpoint."""
     from attnseg.cli.export import load_export_model
     from attnseg.export.openvino import export_openvino
 
     if Path(args.weights).suffix == ".xml":
-        return Path(args.weights)
+        return Path(args.weights), None, None
     model, sidecar, description = load_export_model(args.weights)
     scales = args.scales
     if scales is None and config is not None and config.eval.multi_scale == "hierarchical":
@@ -183,14 +230,37 @@ def _fp32_graph(args: argparse.Namespace, config, size: tuple[int, int], folder:
     print(f"exporting {description} at 1x3x{size[0]}x{size[1]}, scales {scale_text}",
           file=sys.stderr)  # fmt: skip
     export_openvino(model, target, (1, 3, *size), scales=scales, sidecar=sidecar, verify=False)
-    return target
+    return target, model, scales
+
+
+def _quantize(args: argparse.Namespace, model, scales, fp32_path: Path, staged: Path, calibration, sidecar, control):
+    """Quantize (and fine-tune) into `staged`; returns its sidecar."""
+    from attnseg.export.quantize import quantize_ir
+    from attnseg.export.quantize_finetune import quantize_torch
+
+    if not args.finetune.steps:
+        return quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights),
+                           accuracy_control=control)  # fmt: skip
+    tuning = args.finetune
+    print(f"fine-tuning {tuning.steps} steps by distillation from fp32 (KL; Adam lr {tuning.learning_rate:g}, "
+          f"batch {tuning.batch_size}, {tuning.parameters} parameters)", file=sys.stderr)  # fmt: skip
+    every = max(1, tuning.steps // 10)
+    start = time.perf_counter()
+
+    def progress(step: int, loss: float) -> None:
+        if step % every == 0 or step == tuning.steps:
+            print(f"  step {step}/{tuning.steps}: KL {loss:.6f} ({(time.perf_counter() - start) / step:.2f} s a step)",
+                  file=sys.stderr)  # fmt: skip
+
+    return quantize_torch(model, scales, staged, calibration, sidecar, args.settings, tuning,
+                          source=str(args.weights), progress=progress)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from attnseg.errors import AttnsegError, ConfigError
     from attnseg.export.onnx import read_export_sidecar
     from attnseg.export.quantize import (
-        AccuracyControl, compare_int8, dataset_samples, image_samples, quantize_ir, require_nncf, static_input_size,
+        AccuracyControl, compare_int8, dataset_samples, image_samples, require_nncf, static_input_size,
     )  # fmt: skip
     from attnseg.export.scale_branches import match_scales
     from attnseg.fileio import atomic_write_text
@@ -203,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Staged beside the target, so that the finished files are renamed into place on the same file system.
     with tempfile.TemporaryDirectory(prefix=".attnseg-quantize-", dir=args.out.parent) as work:
-        fp32_path = _fp32_graph(args, config, size, Path(work))
+        fp32_path, model, scales = _fp32_graph(args, config, size, Path(work))
         sidecar = read_export_sidecar(fp32_path)
         size = static_input_size(sidecar, fp32_path)
         if args.settings.float_scales:  # before calibration, which is the long part
@@ -220,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         report_split = args.report_split or (config.eval.split if config is not None else None)
         if args.max_drop is not None and report_split is None:
             raise ConfigError("--max-drop needs labels: give --report-split (and --config without a run directory)")
+        _warn_finetune_on_report(args, report_split)
         if report_split is not None:
             samples = dataset_samples(_split_dataset(config, report_split, "--report-split"), sidecar, size,
                                       args.report_count)  # fmt: skip
@@ -234,8 +305,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"accuracy control: {control.describe()} on {where} ({len(samples)} images, operations ranked on "
                   f"{min(args.ranking_count, len(samples))})", file=sys.stderr)  # fmt: skip
         staged = Path(work) / "int8.xml"
-        result = quantize_ir(fp32_path, staged, calibration, args.settings, source=str(args.weights),
-                             accuracy_control=control)  # fmt: skip
+        result = _quantize(args, model, scales, fp32_path, staged, calibration, sidecar, control)
         report = compare_int8(fp32_path, staged, samples, threads=args.threads)
         for line in report.lines():
             print(line)

@@ -224,6 +224,24 @@ def count_quantized_operations(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
+def nncf_options(nncf: Any, settings: QuantizationSettings, subset_size: int) -> dict[str, Any]:
+    """Keyword arguments of ``nncf.quantize`` for `settings` (any backend), the parts kept in float included."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    options: dict[str, Any] = dict(
+        subset_size=subset_size, fast_bias_correction=settings.bias_correction != "full",
+        preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        advanced_parameters=AdvancedQuantizationParameters(
+            disable_bias_correction=settings.bias_correction == "none",
+            overflow_fix=getattr(OverflowFix, OVERFLOW_FIXES[settings.overflow_fix])),
+    )  # fmt: skip
+    if settings.model_type == "transformer":
+        options["model_type"] = nncf.ModelType.TRANSFORMER
+    if settings.patterns():
+        options["ignored_scope"] = nncf.IgnoredScope(patterns=settings.patterns(), validate=False)
+    return options
+
+
 def quantize_ir(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -260,17 +278,7 @@ def quantize_ir(
         shape = [int(size) for size in input_shape]
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(shape)})
         sidecar = dataclasses.replace(sidecar, input_shape=shape)
-    options: dict[str, Any] = dict(
-        subset_size=len(calibration), fast_bias_correction=settings.bias_correction != "full",
-        preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-    )  # fmt: skip
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-
-    options["advanced_parameters"] = AdvancedQuantizationParameters(
-        disable_bias_correction=settings.bias_correction == "none",
-        overflow_fix=getattr(OverflowFix, OVERFLOW_FIXES[settings.overflow_fix]))
-    if settings.model_type == "transformer":
-        options["model_type"] = nncf.ModelType.TRANSFORMER
+    options = nncf_options(nncf, settings, len(calibration))
     float_names: list[str] = []
     if settings.float_scales:
         probe_shape = model.inputs[0].get_partial_shape()
