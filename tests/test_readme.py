@@ -112,6 +112,8 @@ RUNS: dict[str, Run] = {
     "model.pretrained=runs/teacher/checkpoints/last.safetensors train.iters=600":
         Run({"train.iters=600": "train.iters=2"}, _DEMO_TRAIN),
     "attnseg quantize runs/demo --calib split:val --calib-count 16 --out model_int8.xml": Run(needs=("openvino", "nncf")),
+    "attnseg quantize runs/demo --calib split:train --calib-count 16 --finetune-steps 100 --out model_int8_qat.xml":
+        Run({"100": "2"}, needs=("openvino", "nncf")),
     "attnseg eval runs/demo/run/config.yaml --weights model_int8.xml --backend openvino eval.flip=false":
         Run(append=tuple(_TINY_EVAL), needs=("openvino", "nncf")),
     "attnseg benchmark runs/demo --size 1024 2048 --scales 0.5,1.0,2.0":

@@ -134,7 +134,7 @@ def _convolution_biases(model):
     return biases
 
 
-def test_bias_correction_none_keeps_the_fp32_biases_and_fast_does_not(run_folder):
+def test_bias_correction_none_is_the_default_and_keeps_the_fp32_biases_and_fast_does_not(run_folder):
     import openvino as ov
 
     fp32 = run_folder / "bias" / "fp32.xml"
@@ -146,8 +146,9 @@ def test_bias_correction_none_keeps_the_fp32_biases_and_fast_does_not(run_folder
     changed = {}
     for mode in ("none", "fast"):
         out = run_folder / "bias" / f"int8_{mode}.xml"
+        choice = [] if mode == "none" else ["--bias-correction", mode]  # none without the flag: the default
         assert main(["quantize", str(fp32), "--calib", "split:val", "--config", str(run_folder / "run" / "config.yaml"),
-                     "--calib-count", "2", "--out", str(out), "--bias-correction", mode]) == 0  # fmt: skip
+                     "--calib-count", "2", "--out", str(out), *choice]) == 0  # fmt: skip
         sidecar = json.loads(out.with_suffix(".xml.json").read_text())
         assert sidecar["extra"]["quantization"]["settings"]["bias_correction"] == mode
         biases = _convolution_biases(core.read_model(str(out)))

@@ -2,6 +2,9 @@
 
 - `export_onnx`, `read_export_sidecar` (`attnseg.export.onnx`)
 - `export_openvino`, `compile_openvino` (`attnseg.export.openvino`; needs the optional `openvino` package)
+- `quantize_ir`, `compare_int8` (`attnseg.export.quantize`: NNCF INT8 of an exported graph and its accuracy report)
+  and `quantize_torch` (`attnseg.export.quantize_finetune`: INT8 of the PyTorch model, optionally fine-tuned to
+  reproduce fp32); both need the ``int8`` extra
 - `TorchBackend`, `OnnxRuntimeBackend`, `OpenVinoBackend`, `load_backend` (`attnseg.export.runtime`)
 """
 
