@@ -14,9 +14,7 @@ Measured on the demo model (HRNetV2-W18-Small-v1 + OCR, 3 scales, 256x512, 30 sy
 calibration images): the CNN defaults lose 0.7 points of mIoU (0.737 -> 0.730, 99.1% label agreement); NNCF's
 transformer model type, which keeps the attention products' inputs unquantized, loses 0.13 points (99.48%) at the
 same speed; keeping the whole OCR head in floating point loses nothing but is no faster than fp32. The transformer
-type is therefore the default.
-
-`nncf` (the OpenVINO toolkit's quantizer) and `openvino` form the ``int8`` extra.
+type is therefore the default. `nncf` (the OpenVINO toolkit's quantizer) and `openvino` form the ``int8`` extra.
 """
 
 from __future__ import annotations
@@ -225,6 +223,15 @@ def count_quantized_operations(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
+def quantization_record(tool: str, settings: QuantizationSettings, calibration_images: int, graph: Any,
+                        float_scale_operations: int, seconds: float, source: str) -> dict[str, Any]:
+    """What the INT8 sidecar's ``extra["quantization"]`` records of how `graph` was quantized."""
+    return {"tool": tool, "weights": "int8", "activations": "int8", "float_parts": "precision hint",
+            "settings": settings.to_json(), "calibration_images": calibration_images,
+            "quantized_operations": count_quantized_operations(graph), "float_scale_operations": float_scale_operations,
+            "seconds": round(seconds, 1), "source": source}  # fmt: skip
+
+
 def nncf_options(nncf: Any, settings: QuantizationSettings, subset_size: int) -> dict[str, Any]:
     """Keyword arguments of ``nncf.quantize`` for `settings` (any backend), the parts kept in float included."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
@@ -295,11 +302,8 @@ def quantize_ir(
     seconds = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_ir_atomically(ov, quantized, out_path)
-    record = {"tool": f"nncf {nncf.__version__}", "weights": "int8", "activations": "int8",
-              "float_parts": "precision hint", "settings": settings.to_json(), "calibration_images": len(calibration),
-              "quantized_operations": count_quantized_operations(quantized),
-              "float_scale_operations": len(float_names),
-              "seconds": round(seconds, 1), "source": source or str(fp32_path)}  # fmt: skip
+    record = quantization_record(f"nncf {nncf.__version__}", settings, len(calibration), quantized, len(float_names),
+                                 seconds, source or str(fp32_path))  # fmt: skip
     if accuracy_control is not None:
         record["accuracy_control"] = accuracy_control.record()
     # The parts left in floating point follow the runtime's precision hint (bf16 where the CPU has it natively).

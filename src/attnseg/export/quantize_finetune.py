@@ -18,7 +18,6 @@ split, the 30 val images): see the README's INT8 section.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 import warnings
@@ -33,7 +32,7 @@ from torch import nn
 from attnseg.errors import AttnsegError
 from attnseg.export.onnx import ExportSidecar, ExportWrapper, write_export_sidecar
 from attnseg.export.openvino import require_openvino, save_ir_atomically
-from attnseg.export.quantize import QuantizationSettings, count_quantized_operations, nncf_options, require_nncf
+from attnseg.export.quantize import QuantizationSettings, nncf_options, quantization_record, require_nncf
 from attnseg.models import FixedScales
 
 # What the fine-tuning trains: every trainable tensor of the quantized model, the convolution weights alone, or the
@@ -168,7 +167,7 @@ def quantize_torch(
     OpenVINO IR `out_path` with its sidecar.
 
     Args:
-        model: the float model (not modified).
+        model: the float model (switched to eval mode, otherwise not modified).
         scales: scales fused in the graph (None: the model's own), as in the fp32 export.
         out_path: target ``.xml``; written atomically with its ``.bin`` and ``.json``.
         calibration: normalised (1, 3, H, W) float32 inputs at the graph's size: NNCF's statistics, and the
@@ -184,7 +183,8 @@ def quantize_torch(
     check_torch_backend_settings(settings)
     if not calibration:
         raise AttnsegError("quantize: no calibration images")
-    teacher = ExportWrapper(FixedScales(copy.deepcopy(model).eval(), scales), "logits").eval()
+    # NNCF quantizes a deep copy of it, so the float model itself is the fine-tuning's teacher.
+    teacher = ExportWrapper(FixedScales(model.eval(), scales), "logits").eval()
     inputs = [torch.from_numpy(np.ascontiguousarray(batch)) for batch in calibration]
     options = nncf_options(nncf, settings, len(inputs))
     start = time.perf_counter()
@@ -200,12 +200,8 @@ def quantize_torch(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_ir_atomically(ov, graph, out_path)
-    record: dict[str, Any] = {
-        "tool": f"nncf {nncf.__version__} (PyTorch backend)", "weights": "int8", "activations": "int8",
-        "float_parts": "precision hint", "settings": settings.to_json(), "calibration_images": len(inputs),
-        "quantized_operations": count_quantized_operations(graph), "float_scale_operations": 0,
-        "seconds": round(calibration_seconds, 1), "source": source or "PyTorch model",
-    }  # fmt: skip
+    record = quantization_record(f"nncf {nncf.__version__} (PyTorch backend)", settings, len(inputs), graph, 0,
+                                 calibration_seconds, source or "PyTorch model")  # fmt: skip
     if finetune_settings.steps:
         record["finetune"] = {**dataclasses.asdict(finetune_settings), "loss": "KL(fp32 || INT8)",
                               "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
